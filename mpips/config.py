@@ -1,0 +1,210 @@
+"""Job files: TOML with a typed schema, and ``-o section.key=value`` overrides.
+
+Every section and key a job file may use is declared with :func:`section`.
+Unknown sections or keys, wrong types and impossible values raise
+:class:`ConfigError` naming the key and the file (or the ``-o`` override).
+Apps declare their own sections at import time.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A job file or override that cannot be used; the message says where."""
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+_SCHEMA: dict[str, dict[str, Option]] = {}
+
+
+def section(name: str, options: dict[str, Option]) -> None:
+    """Declare (or extend) a job file section."""
+    _SCHEMA.setdefault(name, {}).update(options)
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "a table"}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+
+
+class Section:
+    """Attribute access to one section's values."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        self._name = name
+        self.__dict__.update(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"Section({self._name!r}, {self.as_dict()!r})"
+
+
+class Config:
+    """A validated job: ``cfg.layout.servers``, ``cfg.section("job")``."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], source: str):
+        self.source = source
+        self._sections = {name: Section(name, vals) for name, vals in values.items()}
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.__dict__["_sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def section(self, name: str) -> Section:
+        return self._sections[name]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: s.as_dict() for name, s in self._sections.items()}
+
+
+def _validate(name: str, key: str, value: Any, where: str) -> Any:
+    opt = _SCHEMA[name][key]
+    kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise ConfigError(
+            f"{where}: [{name}] {key} must be {_type_name(opt.kind)}, got {value!r}"
+        )
+    if opt.choices is not None and value not in opt.choices:
+        raise ConfigError(
+            f"{where}: [{name}] {key} = {value!r} is not one of "
+            + ", ".join(repr(c) for c in opt.choices)
+        )
+    if opt.check is not None:
+        problem = opt.check(value)
+        if problem:
+            raise ConfigError(f"{where}: [{name}] {key} = {value!r} {problem}")
+    return value
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"-o {text}: an override is section.key=value")
+    path, raw = text.split("=", 1)
+    name, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: -o job.output=runs/x
+    return name, key, value
+
+
+def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    """Read, merge and validate a job file and its overrides."""
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: job file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    values: dict[str, dict[str, Any]] = {
+        name: {k: opt.default for k, opt in opts.items()} for name, opts in _SCHEMA.items()
+    }
+    for name, table in raw.items():
+        if name not in _SCHEMA:
+            raise ConfigError(
+                f"{source}: unknown section [{name}] (known: {', '.join(sorted(_SCHEMA))})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name} must be a [section], got {table!r}")
+        for key, value in table.items():
+            if key not in _SCHEMA[name]:
+                raise ConfigError(
+                    f"{source}: unknown key [{name}] {key} "
+                    f"(known: {', '.join(sorted(_SCHEMA[name]))})"
+                )
+            values[name][key] = _validate(name, key, value, source)
+    for text in overrides:
+        name, key, value = _parse_override(text)
+        where = f"-o {text}"
+        if name not in _SCHEMA:
+            raise ConfigError(f"{where}: unknown section [{name}]")
+        if key not in _SCHEMA[name]:
+            raise ConfigError(f"{where}: unknown key [{name}] {key}")
+        opt = _SCHEMA[name][key]
+        if isinstance(value, str) and opt.kind is not str and str not in _as_tuple(opt.kind):
+            raise ConfigError(
+                f"{where}: [{name}] {key} must be {_type_name(opt.kind)}, got {value!r}"
+            )
+        values[name][key] = _validate(name, key, value, where)
+    return Config(values, source)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def describe() -> str:
+    """All sections and keys with defaults and help, for ``--help`` texts."""
+    lines = []
+    for name in sorted(_SCHEMA):
+        lines.append(f"[{name}]")
+        for key, opt in _SCHEMA[name].items():
+            lines.append(f"  {key} = {opt.default!r}  # {opt.help}")
+    return "\n".join(lines)
+
+
+# Sections every job has. Apps and later layers add theirs.
+section("job", {
+    "name": Option(str, "job", "job name, used in messages and output files"),
+    "app": Option(str, "linear", "the app `train` runs"),
+    "output": Option(str, "runs/job", "output folder for metrics, models, checkpoints"),
+    "seed": Option(int, 0, "random seed", non_negative),
+    "progress_interval": Option(float, 2.0, "seconds between progress lines on rank 0",
+                                positive),
+})
+section("layout", {
+    "servers": Option(int, 0, "number of server ranks; 0 picks a default (about a third "
+                      "of the non-scheduler ranks, at least 1)", non_negative),
+    "virtual_servers": Option(int, 1, "key ranges per server on the ring", positive),
+    "replication": Option(int, 0, "k: successors on the ring that hold a replica of a range",
+                          non_negative),
+    "spread_hosts": Option(bool, True, "place ring neighbours on different hosts where "
+                           "there are several"),
+})
+section("transport", {
+    "timeout": Option(float, 120.0, "seconds a wait may take before it fails, naming the peer",
+                      positive),
+    "idle_sleep": Option(float, 2e-4, "longest sleep between polls of an idle rank (s)",
+                         non_negative),
+})
