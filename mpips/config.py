@@ -174,6 +174,24 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def peek(path: str | Path | None, overrides: Iterable[str], name: str, key: str) -> Any:
+    """One value before the whole file is validated (which app to import)."""
+    value = _SCHEMA[name][key].default
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                value = tomllib.load(f).get(name, {}).get(key, value)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: job file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for text in overrides:
+        n, k, v = _parse_override(text)
+        if (n, k) == (name, key):
+            value = v
+    return value
+
+
 def describe() -> str:
     """All sections and keys with defaults and help, for ``--help`` texts."""
     lines = []

@@ -20,7 +20,6 @@ def mpi_env() -> dict[str, str]:
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # More ranks than cores here: yield instead of busy-polling in MPI calls.
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -1,0 +1,44 @@
+"""What an app provides: its tables, a worker loop, and hooks on the other roles.
+
+An app never calls MPI: it uses :class:`~mpips.kv.worker.KVWorker` for data
+and the postoffice for reports and barriers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config
+from ..kv.table import Table
+
+if TYPE_CHECKING:
+    from ..kv.server import KVServer
+    from ..postoffice import Postoffice
+
+
+class App:
+    """Base class; subclasses set ``name`` and implement ``tables`` and ``run_worker``."""
+
+    name = "app"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def tables(self) -> list[Table]:
+        raise NotImplementedError
+
+    def run_worker(self, po: Postoffice) -> dict[str, Any]:
+        """The worker's work; returns its final counters (sent to the scheduler)."""
+        raise NotImplementedError
+
+    def on_server_stop(self, po: Postoffice, server: KVServer) -> dict[str, Any]:
+        """Called on each server once every worker is done (save a model shard...)."""
+        return {}
+
+    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+        """Rank 0's progress line from counters summed over workers."""
+        return " ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items()))
+
+    def finish(self, po: Postoffice, workers: list[dict[str, Any]],
+               servers: list[dict[str, Any]], elapsed: float) -> None:
+        """Called on the scheduler at the end with every rank's final results."""

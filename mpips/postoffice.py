@@ -1,0 +1,155 @@
+"""The postoffice: what one rank knows of the job, and the loop that serves it.
+
+It owns the van, the layout (roles), the key ring and the tables, and routes
+every received message to whoever waits for it (kv worker replies, kv server
+requests, scheduler control). Control messages every role obeys are handled
+here: ABORT ends the process at once. Failures go through :meth:`fail`, which
+prints rank, role and cause once and takes the whole job down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .kv.table import Table
+from .layout import SCHEDULER, SERVER, WORKER, Layout, make_layout
+from .ring import KeyRing
+from .transport import Message, Op, Van
+
+Handler = Callable[[Message], None]
+
+
+ALL, WORKERS = 0, 1  # barrier groups
+_REPLIES = (Op.PUSH_ACK, Op.PULL_REPLY, Op.ERROR)
+
+
+class JobAborted(SystemExit):
+    """Another rank failed; this one leaves quietly."""
+
+
+class Postoffice:
+    """Per-rank runtime: van, layout, ring, tables and message routing."""
+
+    def __init__(self, cfg: Config, tables: list[Table], van: Van | None = None):
+        self.cfg = cfg
+        self.van = van if van is not None else Van(idle_sleep=cfg.transport.idle_sleep)
+        self.rank = self.van.rank
+        self.timeout = cfg.transport.timeout
+        self.tables = list(tables)
+        self.table_ids = {t.name: i for i, t in enumerate(self.tables)}
+        hosts = self.van.host_ids()
+        self.layout: Layout = make_layout(self.van.size, cfg.layout.servers, hosts,
+                                          cfg.layout.spread_hosts)
+        self.role = self.layout.role(self.rank)
+        self.ring = KeyRing(len(self.layout.servers), cfg.layout.virtual_servers,
+                            cfg.layout.replication)
+        self.handlers: dict[int, Handler] = {}
+        self.clients: dict[int, Handler] = {}  # table id -> kv worker reply handler
+        self._barrier_passed: set[tuple[int, int]] = set()
+        self._next_barrier = {ALL: 0, WORKERS: 0}
+        self.started = time.monotonic()
+
+    # ---- identity ------------------------------------------------------------
+    @property
+    def is_scheduler(self) -> bool:
+        return self.role == SCHEDULER
+
+    @property
+    def is_server(self) -> bool:
+        return self.role == SERVER
+
+    @property
+    def is_worker(self) -> bool:
+        return self.role == WORKER
+
+    @property
+    def who(self) -> str:
+        return f"rank {self.rank} ({self.layout.describe(self.rank)})"
+
+    def server_rank(self, server: int) -> int:
+        return self.layout.servers[server]
+
+    def worker_index(self) -> int:
+        return self.layout.workers.index(self.rank)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.layout.workers)
+
+    # ---- messages --------------------------------------------------------------
+    def send(self, dest: int, msg: Message) -> None:
+        msg.ring_version = self.ring.version
+        self.van.send(dest, msg)
+
+    def on(self, op: int, handler: Handler) -> None:
+        """Route messages of ``op`` to ``handler``."""
+        self.handlers[int(op)] = handler
+
+    def dispatch(self, msg: Message) -> None:
+        if msg.op == Op.ABORT:
+            raise JobAborted(1)
+        if msg.op == Op.RELEASE:
+            self._barrier_passed.add((msg.flags, msg.aux))
+            return
+        if msg.op in _REPLIES:
+            handler = self.clients.get(msg.table)
+        else:
+            handler = self.handlers.get(msg.op)
+        if handler is None:
+            raise RuntimeError(f"{self.who} got an unexpected message {Op(msg.op).name} "
+                               f"from rank {msg.sender}")
+        handler(msg)
+
+    def wait_until(self, done: Callable[[], bool], what: Callable[[], str],
+                   timeout: float | None = None) -> None:
+        """Serve messages until ``done()``; time out naming ``what()``."""
+        if done():
+            return
+
+        def handle(msg: Message) -> bool:
+            self.dispatch(msg)
+            return done()
+
+        self.van.wait_for(handle, self.timeout if timeout is None else timeout, what)
+
+    def serve_forever(self, stop: Callable[[], bool]) -> None:
+        """Serve until ``stop()``: servers and the scheduler wait here with no
+        deadline of their own (ABORT and failures still end the wait)."""
+        while not stop():
+            self.wait_until(stop, lambda: "", timeout=float("inf"))
+
+    # ---- job-wide steps ----------------------------------------------------------
+    def barrier(self, group: int = ALL) -> None:
+        """Meet the other ranks of ``group`` (ALL non-scheduler ranks, or the
+        WORKERS); the scheduler releases them. No busy-polling MPI call."""
+        if self.is_scheduler:
+            raise RuntimeError("the scheduler takes no part in barriers it runs")
+        bid = self._next_barrier[group]
+        self._next_barrier[group] += 1
+        expected = self.van.size - 1 if group == ALL else self.num_workers
+        self.send(self.layout.scheduler, Message(op=Op.BARRIER, flags=group, aux=bid,
+                                                 aux2=expected))
+        self.wait_until(lambda: (group, bid) in self._barrier_passed,
+                        lambda: f"barrier {bid}: no release from the scheduler (rank 0)")
+
+    def report(self, counters: dict[str, Any]) -> None:
+        """Send progress counters to the scheduler (summed over workers)."""
+        self.send(self.layout.scheduler, Message(op=Op.REPORT, meta=Message.jmeta(counters)))
+
+    def fail(self, exc: BaseException) -> None:
+        """Print rank, role and cause once, stop every rank, exit non-zero."""
+        if isinstance(exc, JobAborted):
+            self.van.finalize_and_exit(1)
+        cause = f"{type(exc).__name__}: {exc}"
+        text = f"mpips: {self.who} failed: {cause}"
+        if os.environ.get("MPIPS_TRACEBACK"):
+            traceback.print_exc()
+        print(text, file=sys.stderr, flush=True)
+        self.van.abort_all(text)
+        self.van.finalize_and_exit(1)

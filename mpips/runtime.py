@@ -1,0 +1,68 @@
+"""Run a job on this rank: build the postoffice, play the rank's role, and
+end the whole job cleanly, or with one clear message when a rank fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .apps.base import App
+from .config import Config
+from .kv.server import KVServer
+from .postoffice import Postoffice
+from .scheduler import Scheduler
+from .transport import Message, Op, Van
+
+
+def run(cfg: Config, app: App) -> None:
+    """Every rank calls this; it does not return (the process exits)."""
+    van = Van(idle_sleep=cfg.transport.idle_sleep)
+    try:
+        po = Postoffice(cfg, app.tables(), van)
+    except Exception as e:
+        # Every rank computes the same layout, so every rank fails alike:
+        # rank 0 says why, the others leave quietly.
+        if van.rank == 0:
+            print(f"mpips: {type(e).__name__}: {e}", flush=True)
+        van.finalize_and_exit(1)
+        return
+    try:
+        if po.is_scheduler:
+            Scheduler(po, app).run()
+        elif po.is_server:
+            _serve(po, app)
+        else:
+            _work(po, app)
+    except BaseException as e:  # noqa: BLE001 - any failure ends the job loudly
+        po.fail(e)
+    van.finalize_and_exit(0)
+
+
+def _serve(po: Postoffice, app: App) -> None:
+    server = KVServer(po)
+    stopped = False
+
+    def stop(msg: Message) -> None:
+        nonlocal stopped
+        stopped = True
+
+    po.on(Op.STOP, stop)
+    po.serve_forever(lambda: stopped)
+    result: dict[str, Any] = {"keys": sum(len(s) for s in server.stores),
+                              "bytes": sum(s.nbytes for s in server.stores),
+                              "requests": server.requests}
+    result.update(app.on_server_stop(po, server))
+    po.send(po.layout.scheduler, Message(op=Op.STOPPED, meta=Message.jmeta(result)))
+
+
+def _work(po: Postoffice, app: App) -> None:
+    stopped = False
+
+    def stop(msg: Message) -> None:
+        nonlocal stopped
+        stopped = True
+
+    po.on(Op.STOP, stop)
+    result = app.run_worker(po)
+    po.send(po.layout.scheduler, Message(op=Op.DONE, meta=Message.jmeta(result or {})))
+    # Wait for the end of the job here, politely, rather than spin in MPI_Finalize.
+    po.serve_forever(lambda: stopped)

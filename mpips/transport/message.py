@@ -1,0 +1,167 @@
+"""Message framing: a fixed binary header followed by contiguous numpy buffers.
+
+Wire layout of one message (all little-endian, every section 8-byte aligned)::
+
+    header (HEADER.itemsize bytes) | keys (uint64) | vals | meta (bytes)
+
+The header says how many bytes each section has, the value dtype and vdim,
+so a receiver views each section in the received buffer without a copy.
+No pickle anywhere: ``meta`` is small UTF-8 JSON for control messages only.
+This module does not touch MPI; :mod:`mpips.transport.van` moves the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = 0x5350504D  # "MPPS"
+ALIGN = 8
+
+HEADER = np.dtype([
+    ("magic", "<u4"), ("op", "<u2"), ("flags", "<u2"),
+    ("table", "<i4"), ("sender", "<i4"),
+    ("ring_version", "<i4"), ("filters", "<u4"),
+    ("ts", "<i8"),
+    ("vdim", "<i4"), ("vcode", "<i4"),
+    ("aux", "<i8"), ("aux2", "<i8"),
+    ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
+])
+assert HEADER.itemsize % ALIGN == 0
+
+# Value dtypes that may travel, by wire code.
+VALUE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
+    "<f4", "<f8", "<i4", "<i8", "<u1", "<i1", "<u2", "<i2", "<u4", "<u8", "<f2"))
+_VCODE = {dt: i for i, dt in enumerate(VALUE_DTYPES)}
+
+
+class Op(enum.IntEnum):
+    """What a message asks for. Replies carry the request's ``ts``."""
+
+    # kv data path
+    PUSH = 1
+    PULL = 2
+    PUSHPULL = 3
+    PUSH_ACK = 4
+    PULL_REPLY = 5
+    # control
+    BARRIER = 20          # rank -> scheduler: arrived (aux = barrier id)
+    RELEASE = 21          # scheduler -> rank: barrier aux passed
+    DONE = 22             # worker -> scheduler: finished its work
+    STOP = 23             # scheduler -> server: shut down
+    STOPPED = 24          # server -> scheduler: shut down done
+    ABORT = 25            # anyone -> everyone: the job failed (meta: who and why)
+    REPORT = 26           # rank -> scheduler: progress counters (meta JSON)
+    RAW_BENCH = 27        # worker -> server: serve a raw MPI echo (bench)
+    ERROR = 28            # server -> worker: a request was refused (meta: why)
+    APP = 40              # app-defined control messages (aux says which)
+
+
+Buffer = np.ndarray | list[np.ndarray] | None
+
+
+@dataclass
+class Message:
+    """One request or reply. ``keys``/``vals`` may be lists of pieces to send
+    as one contiguous section (segments of several ranges, for instance)."""
+
+    op: int
+    table: int = 0
+    ts: int = 0
+    sender: int = -1
+    ring_version: int = 0
+    flags: int = 0
+    filters: int = 0
+    aux: int = 0
+    aux2: int = 0
+    keys: Buffer = None
+    vals: Buffer = None
+    vdim: int = 0
+    meta: bytes = b""
+    nbytes: int = field(default=0, compare=False)  # bytes on the wire, set on receive
+
+    def json(self) -> Any:
+        return json.loads(self.meta.decode()) if self.meta else None
+
+    @staticmethod
+    def jmeta(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _pieces(buf: Buffer) -> list[np.ndarray]:
+    if buf is None:
+        return []
+    if isinstance(buf, np.ndarray):
+        buf = [buf]
+    return [np.ascontiguousarray(b) for b in buf if b.size]
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
+_PAD = np.zeros(ALIGN, dtype=np.uint8)
+
+
+def encode(msg: Message) -> list[np.ndarray]:
+    """The message as a list of contiguous arrays whose concatenation is the
+    wire image. Large arrays are not copied: the van gathers them."""
+    keys = _pieces(msg.keys)
+    vals = _pieces(msg.vals)
+    for k in keys:
+        if k.dtype != np.uint64:
+            raise TypeError(f"keys must be uint64, got {k.dtype}")
+    vcode = 0
+    if vals:
+        dt = vals[0].dtype.newbyteorder("<") if vals[0].dtype.byteorder == ">" else vals[0].dtype
+        if dt not in _VCODE:
+            raise TypeError(f"values of dtype {vals[0].dtype} cannot be sent")
+        vcode = _VCODE[dt]
+    nk = sum(k.nbytes for k in keys)
+    nv = sum(v.nbytes for v in vals)
+    header = np.zeros(1, dtype=HEADER)
+    h = header[0]
+    h["magic"], h["op"], h["flags"] = MAGIC, int(msg.op), msg.flags
+    h["table"], h["sender"] = msg.table, msg.sender
+    h["ring_version"], h["filters"], h["ts"] = msg.ring_version, msg.filters, msg.ts
+    h["vdim"], h["vcode"], h["aux"], h["aux2"] = msg.vdim, vcode, msg.aux, msg.aux2
+    h["nkeys_bytes"], h["nvals_bytes"], h["nmeta_bytes"] = nk, nv, len(msg.meta)
+    parts: list[np.ndarray] = [header.view(np.uint8)]
+    for section, size in ((keys, nk), (vals, nv)):
+        parts.extend(p.reshape(-1).view(np.uint8) for p in section)
+        if _pad(size):
+            parts.append(_PAD[: _pad(size)])
+    if msg.meta:
+        parts.append(np.frombuffer(msg.meta, dtype=np.uint8))
+    return parts
+
+
+def decode(buf: np.ndarray, source: int) -> Message:
+    """Views into ``buf`` (uint8): keys and values are not copied."""
+    if buf.size < HEADER.itemsize:
+        raise ValueError(f"message of {buf.size} bytes from rank {source} is shorter "
+                         "than a header")
+    h = buf[: HEADER.itemsize].view(HEADER)[0]
+    if h["magic"] != MAGIC:
+        raise ValueError(f"message from rank {source} has a bad magic number")
+    off = HEADER.itemsize
+    nk, nv, nm = int(h["nkeys_bytes"]), int(h["nvals_bytes"]), int(h["nmeta_bytes"])
+    keys = buf[off: off + nk].view(np.uint64)
+    off += nk + _pad(nk)
+    vals = None
+    vdim = int(h["vdim"])
+    if nv:
+        vals = buf[off: off + nv].view(VALUE_DTYPES[int(h["vcode"])])
+        if vdim > 0:
+            vals = vals.reshape(-1, vdim)
+    off += nv + _pad(nv)
+    meta = buf[off: off + nm].tobytes() if nm else b""
+    return Message(op=int(h["op"]), table=int(h["table"]), ts=int(h["ts"]),
+                   sender=source, ring_version=int(h["ring_version"]),
+                   flags=int(h["flags"]), filters=int(h["filters"]),
+                   aux=int(h["aux"]), aux2=int(h["aux2"]), keys=keys, vals=vals,
+                   vdim=vdim, meta=meta, nbytes=int(buf.size))

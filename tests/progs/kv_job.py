@@ -1,0 +1,125 @@
+"""A test job run under mpiexec by tests/test_kv_mpi.py: ``python kv_job.py MODE [-o ...]``.
+
+Modes:
+  counts  W workers push +1 to random key sets many times (table "c", float32,
+          vdim 1) and +1 rows to a vdim-3 float64 table; after a barrier every
+          worker pulls all keys and checks them against the exact counts, which
+          every worker can compute since the key sets come from seeded RNGs.
+          Also: pushpull results lie between the worker's own count and the
+          final count, empty key lists work, keys 0 and 2**64-1 work, unsorted
+          and duplicate keys are rejected. Any mismatch raises: the job fails.
+  raise   worker 1 raises after a few requests; the job must end at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from mpips import config
+from mpips.apps.base import App
+from mpips.kv import Add, Table
+from mpips.kv.worker import KVWorker
+from mpips.postoffice import WORKERS
+from mpips.ring import KEY_MAX, mix64
+from mpips.runtime import run
+
+ROUNDS = 30
+KEYS_PER_ROUND = 2000
+UNIVERSE = 20000
+
+
+def key_sets(worker: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, worker])
+    universe = np.sort(mix64(np.arange(UNIVERSE, dtype=np.uint64)))
+    universe[0], universe[-1] = 0, KEY_MAX  # the ends of the key space take part
+    universe.sort()
+    return [np.sort(rng.choice(universe, KEYS_PER_ROUND, replace=False))
+            for _ in range(ROUNDS)]
+
+
+def expected_counts(nworkers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    allkeys = np.concatenate([k for w in range(nworkers) for k in key_sets(w, seed)])
+    return np.unique(allkeys, return_counts=True)
+
+
+class CountsJob(App):
+    name = "counts"
+
+    def tables(self):
+        return [Table("c", 1, "float32", Add()), Table("rows", 3, "float64", Add())]
+
+    def run_worker(self, po):
+        seed = self.cfg.job.seed
+        c, rows = KVWorker(po, "c"), KVWorker(po, "rows")
+        mine = key_sets(po.worker_index(), seed)
+        own: dict[int, int] = {}
+        pending = []
+        for i, keys in enumerate(mine):
+            ones = np.ones((keys.size, 1), np.float32)
+            if i % 3 == 2:
+                got = c.wait(c.pushpull(keys, ones))[:, 0]
+                own_now = np.array([own.get(int(k), 0) + 1 for k in keys[:50]])
+                if (got[:50] < own_now).any():
+                    raise AssertionError("pushpull returned less than this worker pushed")
+            else:
+                pending.append(c.push(keys, ones))
+            pending.append(rows.push(keys, np.tile([1.0, 2.0, -1.0], (keys.size, 1))))
+            for k in keys[:50].tolist():
+                own[k] = own.get(k, 0) + 1
+            if len(pending) > 4:
+                for ts in pending:
+                    c.wait(ts) if ts in c._pending else rows.wait(ts)
+                pending = []
+        for ts in pending:
+            c.wait(ts) if ts in c._pending else rows.wait(ts)
+        # Edge cases on the side of the data path.
+        empty = np.empty(0, np.uint64)
+        assert c.wait(c.pull(empty)).shape == (0, 1)
+        c.wait(c.push(empty, np.empty((0, 1), np.float32)))
+        for bad in (np.array([5, 3], np.uint64), np.array([3, 3], np.uint64)):
+            try:
+                c.push(bad, np.ones(2, np.float32))
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"keys {bad} were not rejected")
+        po.barrier(WORKERS)
+        keys, counts = expected_counts(po.num_workers, seed)
+        got = c.wait(c.pull(keys))[:, 0]
+        if not np.array_equal(got, counts.astype(np.float32)):
+            bad = np.flatnonzero(got != counts)
+            raise AssertionError(f"{bad.size} keys have wrong counts, e.g. key {keys[bad[0]]}: "
+                                 f"{got[bad[0]]} != {counts[bad[0]]}")
+        got3 = rows.wait(rows.pull(keys))
+        want3 = counts[:, None] * np.array([1.0, 2.0, -1.0])
+        if not np.array_equal(got3, want3):
+            raise AssertionError("vdim-3 float64 table has wrong rows")
+        print(f"worker {po.worker_index()}: {keys.size} keys exact "
+              f"(first {int(keys[0])}, last {int(keys[-1])})", flush=True)
+        return {"checked": int(keys.size)}
+
+
+class RaiseJob(App):
+    name = "raise"
+
+    def tables(self):
+        return [Table("c", 1, "float32", Add())]
+
+    def run_worker(self, po):
+        c = KVWorker(po, "c")
+        keys = np.sort(mix64(np.arange(1000, dtype=np.uint64)))
+        for i in range(10**6):
+            c.wait(c.push(keys, np.ones(keys.size, np.float32)))
+            if po.worker_index() == 1 and i == 20:
+                raise RuntimeError("injected failure in the test job")
+            time.sleep(0.001)
+        return {}
+
+
+if __name__ == "__main__":
+    mode, overrides = sys.argv[1], [a for a in sys.argv[2:] if a != "-o"]
+    cfg = config.load(None, overrides)
+    run(cfg, {"counts": CountsJob, "raise": RaiseJob}[mode](cfg))

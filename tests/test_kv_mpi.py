@@ -1,0 +1,54 @@
+"""Multi-rank runs of the kv layer under mpiexec, each with a hard timeout."""
+
+import time
+
+import pytest
+
+from tests.mpitools import ROOT, run_mpi
+
+pytestmark = pytest.mark.integration
+
+
+def test_transport_under_pytest_mpi():
+    proc = run_mpi(2, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--with-mpi",
+                   str(ROOT / "tests" / "test_van_mpi.py"), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 passed" in proc.stdout
+
+
+@pytest.mark.parametrize("n,servers,virtual", [(3, 1, 1), (5, 2, 1), (6, 2, 3)])
+def test_counts_are_exact(n, servers, virtual):
+    """W workers push +1 to random key sets over S servers: pulls are exact."""
+    proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
+                   f"layout.servers={servers}", f"layout.virtual_servers={virtual}",
+                   "transport.timeout=60", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    workers = n - 1 - servers
+    assert proc.stdout.count("keys exact") == workers
+
+
+def test_a_rank_that_raises_ends_the_job_quickly():
+    t = time.monotonic()
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",
+                   timeout=60)
+    took = time.monotonic() - t
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "mpips: rank 4 (worker 1) failed: RuntimeError: injected failure" in err
+    assert err.count("failed: RuntimeError") == 1  # said once
+    assert took < 20, f"the job took {took:.1f} s to end"
+
+
+def test_bench_kv_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    proc = run_mpi(5, "python", "-m", "mpips", "bench", "kv", "--servers", "2",
+                   "--keys", "100000", "--repeat", "3", "--json", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["op"] for r in rows} == {"push", "pull", "pushpull"}
+    assert sorted({r["keys"] for r in rows}) == [1000, 10000, 100000]
+    for r in rows:
+        assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
+        assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0
+    assert "kv/MPI" in proc.stdout

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from mpips.ring import KEY_MAX, KeyRing, check_keys, hash_feature, mix64
+
+
+def test_mix64_known_values_and_bijection():
+    # SplitMix64's first outputs for seed 0 are mix64(0), mix64(golden), ...:
+    # the published sequence starts 0xE220A8397B1DCDAF.
+    assert int(mix64(0)) == 0xE220A8397B1DCDAF
+    x = np.arange(1_000_000, dtype=np.uint64)
+    assert np.unique(mix64(x)).size == x.size
+    # Every output bit is used: the top bits of consecutive ids are balanced.
+    top = (mix64(x) >> np.uint64(63)).mean()
+    assert 0.49 < top < 0.51
+
+
+def test_hash_feature_salt_separates_fields():
+    ids = np.arange(1000)
+    a, b = hash_feature(ids, salt=1), hash_feature(ids, salt=2)
+    assert np.intersect1d(a, b).size == 0
+    assert np.array_equal(hash_feature(ids), mix64(ids.astype(np.uint64)))
+    with pytest.raises(ValueError):
+        hash_feature(np.array([-1]))
+
+
+@pytest.mark.parametrize("servers,virtual,k", [(1, 1, 0), (3, 1, 1), (4, 5, 2), (7, 3, 6)])
+def test_every_key_in_exactly_one_range(servers, virtual, k):
+    ring = KeyRing(servers, virtual, k)
+    assert ring.num_ranges == servers * virtual
+    assert ring.bounds[0] == 0 and np.all(np.diff(ring.bounds.astype(object)) > 0)
+    rng = np.random.default_rng(0)
+    keys = np.unique(np.concatenate([
+        rng.integers(0, 2**64 - 1, 50_000, dtype=np.uint64, endpoint=True),
+        ring.bounds, ring.bounds[1:] - np.uint64(1), np.array([0, KEY_MAX], np.uint64)]))
+    starts, ranges = ring.slice(keys)
+    assert starts[0] == 0 and starts[-1] == keys.size
+    assert np.all(np.diff(starts) > 0)
+    for j, r in enumerate(ranges):
+        lo, hi = ring.range_of(int(r))
+        seg = keys[starts[j]:starts[j + 1]].astype(object)
+        assert seg.min() >= lo and seg.max() < hi
+    # Replicas are distinct from the owner and from each other.
+    for r in range(ring.num_ranges):
+        reps = ring.replicas(r)
+        assert len(reps) == k and len(set(reps)) == k
+        assert int(ring.owners[r]) not in reps
+
+
+def test_slice_by_server_groups_segments():
+    ring = KeyRing(3, 4)
+    keys = np.sort(mix64(np.arange(10_000, dtype=np.uint64)))
+    by_server = ring.slice_by_server(keys)
+    covered = sorted((a, b) for segs in by_server.values() for _, a, b in segs)
+    assert covered[0][0] == 0 and covered[-1][1] == keys.size
+    assert all(covered[i][1] == covered[i + 1][0] for i in range(len(covered) - 1))
+    for server, segs in by_server.items():
+        assert all(int(ring.owners[r]) == server for r, _, _ in segs)
+
+
+def test_slice_empty_and_ring_errors():
+    ring = KeyRing(2)
+    starts, ranges = ring.slice(np.empty(0, np.uint64))
+    assert ranges.size == 0 and list(starts) == [0]
+    with pytest.raises(ValueError, match="k=2 needs k < servers=2"):
+        KeyRing(2, 1, 2)
+    with pytest.raises(ValueError):
+        KeyRing(0)
+
+
+def test_check_keys_rejects_bad_keys():
+    with pytest.raises(ValueError, match="unsorted key 3 at position 1"):
+        check_keys(np.array([5, 3], np.uint64))
+    with pytest.raises(ValueError, match="duplicate"):
+        check_keys(np.array([1, 2, 2], np.uint64))
+    with pytest.raises(TypeError):
+        check_keys(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        check_keys(np.array([-1, 2]))
+    assert check_keys(np.array([1, 2], np.int64)).dtype == np.uint64

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from mpips.kv import SGD, AdaGrad, Add, Assign, SortedStore, UserHandle
+from mpips.ring import mix64
+
+
+def reference_run(handle, vdim, dtype, rounds=40, seed=0):
+    """Random pushes applied to a SortedStore and to a plain per-key reference."""
+    rng = np.random.default_rng(seed)
+    universe = np.sort(mix64(np.arange(5000, dtype=np.uint64)))
+    store = SortedStore(vdim, dtype, handle)
+    ref: dict[int, np.ndarray] = {}
+    ref_state: dict[int, np.ndarray] = {}
+    for i in range(rounds):
+        # alternate fresh random subsets and repeats (run path, slot cache)
+        if i % 4 == 3:
+            keys = store.keys.copy()
+        else:
+            keys = np.sort(rng.choice(universe, rng.integers(0, 800), replace=False))
+        pushed = rng.normal(size=(keys.size, vdim)).astype(dtype)
+        store.push(keys, pushed, sender=i % 2)
+        for k, p in zip(keys.tolist(), pushed, strict=True):
+            v = ref.setdefault(k, np.full(vdim, handle.init, dtype))[None, :].copy()
+            st = {n: ref_state.setdefault((n, k), np.zeros((1, vdim), dtype))
+                  for n in handle.state}
+            handle(v, p[None, :], st)
+            ref[k] = v[0]
+    return store, ref
+
+
+@pytest.mark.parametrize("handle", [Add(), Assign(), SGD(lr=0.5), AdaGrad(lr=0.3)])
+@pytest.mark.parametrize("vdim,dtype", [(1, np.float32), (4, np.float64)])
+def test_store_matches_reference(handle, vdim, dtype):
+    store, ref = reference_run(handle, vdim, dtype)
+    keys = np.array(sorted(ref), dtype=np.uint64)
+    got = store.pull(keys)
+    want = np.array([ref[k] for k in keys.tolist()]).reshape(-1, vdim)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert len(store) == keys.size
+    assert np.all(np.diff(store.keys.astype(object)) > 0)
+
+
+def test_pull_of_unknown_keys_reads_init_and_does_not_insert():
+    store = SortedStore(2, np.float32, Add(init=0.5))
+    store.push(np.array([10, 20], np.uint64), np.ones((2, 2), np.float32))
+    got = store.pull(np.array([5, 10, 15], np.uint64))
+    np.testing.assert_array_equal(got, [[0.5, 0.5], [1.5, 1.5], [0.5, 0.5]])
+    assert len(store) == 2
+
+
+def test_pushpull_returns_updated_rows_and_slot_cache_follows_inserts():
+    store = SortedStore(1, np.float32, Add())
+    a = np.array([3, 7, 9], np.uint64)
+    np.testing.assert_array_equal(store.pushpull(a, np.ones(3, np.float32))[:, 0], 1)
+    store.push(np.array([1, 4, 8], np.uint64), np.ones(3, np.float32))
+    sparse = np.array([1, 7, 8], np.uint64)
+    store.pushpull(sparse, np.ones(3, np.float32), sender=5)   # caches slots
+    store.push(np.array([0, 2], np.uint64), np.ones(2, np.float32))  # shifts slots
+    got = store.pushpull(sparse, np.ones(3, np.float32), sender=5)
+    np.testing.assert_array_equal(got[:, 0], [3, 3, 3])
+    got = store.pushpull(sparse, np.ones(3, np.float32), sender=5)  # a cache hit
+    np.testing.assert_array_equal(got[:, 0], [4, 4, 4])
+    assert store.slot_cache_hits >= 1
+
+
+def test_user_handle_and_bad_shapes():
+    clip = UserHandle(fn=lambda v, p, s: np.clip(v + p, -1, 1, out=v))
+    store = SortedStore(1, np.float64, clip)
+    k = np.array([1, 2], np.uint64)
+    store.push(k, np.array([5.0, -0.5]))
+    np.testing.assert_array_equal(store.pull(k)[:, 0], [1.0, -0.5])
+    with pytest.raises(ValueError, match="3 values for 2 keys"):
+        store.push(k, np.ones(3))
+
+
+def test_bytes_per_key():
+    store = SortedStore(1, np.float32, AdaGrad())
+    store.push(np.arange(1000, dtype=np.uint64), np.ones(1000, np.float32))
+    assert store.bytes_per_key() == 8 + 4 + 4
