@@ -39,6 +39,7 @@ def run(cfg: Config, app: App) -> None:
 
 def _serve(po: Postoffice, app: App) -> None:
     server = KVServer(po)
+    app.on_server_start(po, server)
     stopped = False
 
     def stop(msg: Message) -> None:

@@ -31,6 +31,10 @@ class App:
         """The worker's work; returns its final counters (sent to the scheduler)."""
         raise NotImplementedError
 
+    def on_server_start(self, po: Postoffice, server: KVServer) -> None:
+        """Called on each server before it serves: register app messages
+        (``po.on(Op.APP, handler)``) or prepare app state."""
+
     def on_server_stop(self, po: Postoffice, server: KVServer) -> dict[str, Any]:
         """Called on each server once every worker is done (save a model shard...)."""
         return {}

@@ -16,7 +16,8 @@ class KVServer:
     def __init__(self, po: Postoffice):
         self.po = po
         self.server = po.layout.servers.index(po.rank)
-        self.stores = [SortedStore(t.vdim, t.np_dtype, t.handle) for t in po.tables]
+        self.stores = [t.store(t) if t.store is not None
+                       else SortedStore(t.vdim, t.np_dtype, t.handle) for t in po.tables]
         self.raw_sessions: list[Message] = []
         self.requests = 0
         self.keys_served = 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +22,10 @@ class Table:
     vdim: int = 1
     dtype: str = "float32"
     handle: Handle = field(default_factory=Add)
+    # Server storage for this table: None is the general SortedStore. An app
+    # may give a factory ``store(table) -> object`` with the same methods
+    # (vdim, push, pull, pushpull, __len__, nbytes): a count-min sketch, say.
+    store: Callable[[Table], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.vdim < 1:

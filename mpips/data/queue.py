@@ -1,0 +1,130 @@
+"""The partition work queue the scheduler drives (pure Python, no MPI).
+
+Workers ask for one partition at a time, so fast workers take more and slow
+ones fewer. Every epoch hands each partition out once, in a seeded shuffled
+order if asked. When a worker dies, :meth:`PartitionQueue.requeue` puts the
+partitions it held back at the front of the queue, to be handed again; a task
+counts as done only when the worker that holds it reports it, so each
+partition is completed exactly once per epoch, which :meth:`check_exactly_once`
+verifies.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueError(RuntimeError):
+    """A report that contradicts the queue's state (e.g. done twice)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Partition ``partition`` (index into the list given) in ``epoch``;
+    ``attempt`` counts earlier hand-outs lost with a dead worker."""
+
+    epoch: int
+    partition: int
+    path: str
+    attempt: int = 0
+
+
+class PartitionQueue:
+    """Hands partitions to workers, epoch after epoch.
+
+    ``next(worker)`` returns a :class:`Task` or ``None`` when nothing can be
+    handed now (check :attr:`finished`: all epochs done). With
+    ``epoch_barrier`` the next epoch starts only when the last one is fully
+    done; without it, idle workers start the next epoch while stragglers finish.
+    """
+
+    def __init__(self, partitions: Sequence[str], epochs: int = 1, shuffle: bool = False,
+                 seed: int = 0, epoch_barrier: bool = False):
+        if not partitions:
+            raise ValueError("the queue needs at least one partition")
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        self.partitions = list(partitions)
+        self.epochs, self.shuffle, self.seed = epochs, shuffle, seed
+        self.epoch_barrier = epoch_barrier
+        self._pending: deque[Task] = deque()
+        self._held: dict[int, list[Task]] = {}
+        self._completed = np.zeros((epochs, len(self.partitions)), np.int64)
+        self._handed = np.zeros((epochs, len(self.partitions)), np.int64)
+        self._lost = np.zeros((epochs, len(self.partitions)), np.int64)
+        self._opened = 0  # epochs whose tasks were queued
+
+    def order(self, epoch: int) -> list[int]:
+        """Partition order of ``epoch``: seeded by (seed, epoch) alone, so it does
+        not depend on how the queue was driven."""
+        n = len(self.partitions)
+        if not self.shuffle:
+            return list(range(n))
+        return np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+
+    def _open_next_epoch(self) -> bool:
+        if self._opened >= self.epochs:
+            return False
+        if self.epoch_barrier and self._opened and not self.epoch_done(self._opened - 1):
+            return False
+        epoch = self._opened
+        self._pending.extend(Task(epoch, p, self.partitions[p]) for p in self.order(epoch))
+        self._opened += 1
+        return True
+
+    def next(self, worker: int) -> Task | None:
+        if not self._pending and not self._open_next_epoch():
+            return None
+        task = self._pending.popleft()
+        self._held.setdefault(worker, []).append(task)
+        self._handed[task.epoch, task.partition] += 1
+        return task
+
+    def done(self, worker: int, task: Task) -> None:
+        held = self._held.get(worker, [])
+        if task not in held:
+            raise QueueError(f"worker {worker} reports {task} it does not hold "
+                             "(requeued after a failure, or reported twice)")
+        held.remove(task)
+        if self._completed[task.epoch, task.partition]:
+            raise QueueError(f"{task.path} completed twice in epoch {task.epoch}")
+        self._completed[task.epoch, task.partition] = 1
+
+    def requeue(self, worker: int) -> list[Task]:
+        """Return a dead worker's unfinished tasks to the front of the queue."""
+        lost = self._held.pop(worker, [])
+        again = [Task(t.epoch, t.partition, t.path, t.attempt + 1) for t in lost]
+        for task in lost:
+            self._lost[task.epoch, task.partition] += 1
+        self._pending.extendleft(reversed(again))
+        return again
+
+    def held(self, worker: int) -> list[Task]:
+        return list(self._held.get(worker, []))
+
+    def epoch_done(self, epoch: int) -> bool:
+        return bool(self._completed[epoch].all())
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._completed.all())
+
+    @property
+    def remaining(self) -> int:
+        """Tasks not yet completed, over all epochs."""
+        return int(self._completed.size - self._completed.sum())
+
+    def check_exactly_once(self) -> None:
+        """Raise unless every partition was completed exactly once per epoch and
+        handed exactly once more than it was lost."""
+        for name, counts in (("completed", self._completed),
+                             ("handed (net of requeues)", self._handed - self._lost)):
+            bad = np.argwhere(counts != 1)
+            if bad.size:
+                epoch, part = (int(v) for v in bad[0])
+                raise QueueError(f"{self.partitions[part]} {name} "
+                                 f"{int(counts[epoch, part])} times in epoch {epoch}")

@@ -1,0 +1,163 @@
+"""Streaming minibatches out of one HDF5 partition.
+
+A :class:`PartitionReader` reads ``chunk_rows`` rows at a time (one HDF5 read
+per array) and cuts minibatches out of the chunk as views, so memory holds one
+chunk whatever the partition size, and per-minibatch cost is a few slices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from mpips.data.format import FORMAT_NAME, FORMAT_VERSION
+from mpips.data.localise import localise
+
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+class PartitionError(ValueError):
+    """A partition file that cannot be read; the message names the file."""
+
+
+@dataclass
+class Minibatch:
+    """Rows of a partition: labels and CSR with uint64 keys.
+
+    ``keys`` holds one global key per nonzero (the CSR column "indices");
+    ``values is None`` means every value is 1. ``first_row`` is the index of
+    the first row inside its partition.
+    """
+
+    labels: np.ndarray  # float32 (rows,)
+    indptr: np.ndarray  # int64 (rows+1,), indptr[0] == 0
+    keys: np.ndarray  # uint64 (nnz,)
+    values: np.ndarray | None  # float32 (nnz,) or None
+    first_row: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.keys.size)
+
+    def slice(self, start: int, stop: int) -> Minibatch:
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return Minibatch(self.labels[start:stop], self.indptr[start:stop + 1] - lo,
+                         self.keys[lo:hi], None if self.values is None else self.values[lo:hi],
+                         self.first_row + start)
+
+    def localised(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """``(unique_keys, X)``: sorted unique keys and a CSR matrix whose column
+        ``j`` is key ``unique_keys[j]`` (the shape a kv pull/push wants)."""
+        unique_keys, columns = localise(self.keys)
+        values = self.values if self.values is not None else np.ones(self.nnz, np.float32)
+        matrix = sp.csr_matrix((values, columns, self.indptr),
+                               shape=(self.rows, unique_keys.size))
+        return unique_keys, matrix
+
+
+def _open(path: str | Path) -> h5py.File:
+    try:
+        h5 = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise PartitionError(f"{path}: partition file not found") from None
+    except OSError as e:
+        raise PartitionError(f"{path}: not a readable HDF5 file ({e})") from None
+    fmt, version = h5.attrs.get("format"), h5.attrs.get("version")
+    if fmt != FORMAT_NAME or version is None or int(version) > FORMAT_VERSION:
+        h5.close()
+        raise PartitionError(f"{path}: not an mpips partition of version <= {FORMAT_VERSION} "
+                             f"(format={fmt!r}, version={version!r})")
+    for name in ("indptr", "indices", "label"):
+        if name not in h5:
+            h5.close()
+            raise PartitionError(f"{path}: missing array {name!r}")
+    return h5
+
+
+class PartitionReader:
+    """Reads one partition in chunks of rows; a context manager."""
+
+    def __init__(self, path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
+        self.path = str(path)
+        self.chunk_rows = chunk_rows
+        self._h5 = _open(path)
+        self.rows = int(self._h5["label"].shape[0])
+        self.nnz = int(self._h5["indices"].shape[0])
+        self.has_values = "values" in self._h5
+        if self._h5["indptr"].shape[0] != self.rows + 1:
+            raise PartitionError(f"{path}: indptr has {self._h5['indptr'].shape[0]} entries "
+                                 f"for {self.rows} rows")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        out = dict(self._h5.attrs)
+        for key in ("hashing", "sources"):
+            if key in out:
+                out[key] = json.loads(out[key])
+        return out
+
+    @property
+    def array_names(self) -> list[str]:
+        return list(self._h5.keys())
+
+    def indptr_at(self, row: int) -> int:
+        """The stored ``indptr[row]`` (reads one number)."""
+        return int(self._h5["indptr"][row])
+
+    def read(self, start: int, stop: int) -> Minibatch:
+        """Rows ``[start, stop)`` in one read per array."""
+        start, stop = max(0, start), min(stop, self.rows)
+        try:
+            indptr = self._h5["indptr"][start:stop + 1]
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            keys = self._h5["indices"][lo:hi]
+            values = self._h5["values"][lo:hi] if self.has_values else None
+            labels = self._h5["label"][start:stop]
+        except (OSError, KeyError) as e:
+            raise PartitionError(f"{self.path}: cannot read rows {start}..{stop}: {e}") from None
+        if lo:
+            indptr -= lo
+        return Minibatch(labels, indptr, keys, values, start)
+
+    def chunks(self) -> Iterator[Minibatch]:
+        for start in range(0, self.rows, self.chunk_rows):
+            yield self.read(start, start + self.chunk_rows)
+
+    def minibatches(self, batch_rows: int) -> Iterator[Minibatch]:
+        """Minibatches of ``batch_rows`` rows (the last may be shorter); a
+        minibatch never straddles two chunks, so chunk_rows should be a multiple."""
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be >= 1")
+        for chunk in self.chunks():
+            for start in range(0, chunk.rows, batch_rows):
+                yield chunk.slice(start, min(start + batch_rows, chunk.rows))
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> PartitionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_minibatches(paths: list[str], batch_rows: int,
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Minibatch]:
+    """Minibatches of several partitions in turn (one open file at a time)."""
+    for path in paths:
+        with PartitionReader(path, chunk_rows) as reader:
+            yield from reader.minibatches(batch_rows)
