@@ -1,0 +1,167 @@
+"""``data_tools convert``: export files -> HDF5 partitions + manifest.
+
+Every rank lists the inputs the same way, takes its share of the files
+(:func:`split_by_size`), and writes the partitions of those files. Rank 0
+gathers the partition records and writes the manifest; if any rank failed,
+every rank deletes what it wrote and no manifest appears. Partitions are cut
+per input file at row/byte targets, so their names and contents do not depend
+on the number of ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_tools.errors import DataError
+from data_tools.formats import FORMATS, ConvertOptions
+from data_tools.formats.base import BadLineBudget
+from data_tools.parallel import Comm, split_by_size
+from data_tools.sources import find_inputs
+from data_tools.writer import PartitionRecord, PartitionSink
+from mpips.data.format import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT
+from mpips.data.manifest import write_manifest
+
+DEFAULT_TARGET_ROWS = 1_000_000
+DEFAULT_TARGET_BYTES = 256 << 20
+
+
+@dataclass
+class OutputSpec:
+    folder: str
+    target_rows: int = DEFAULT_TARGET_ROWS
+    target_bytes: int = DEFAULT_TARGET_BYTES
+    compression: str | None = None
+    overwrite: bool = False
+
+
+def prepare_output(spec: OutputSpec) -> None:
+    """Create the folder; refuse to mix with an earlier data set unless told."""
+    folder = Path(spec.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    old = [p for p in folder.iterdir() if p.name == MANIFEST or
+           (p.name.startswith(("part-", ".part-")) and p.name.endswith((".h5", ".h5.tmp")))]
+    if old and not spec.overwrite:
+        raise DataError(f"{folder}: already holds a data set ({old[0].name}); "
+                        "use --overwrite or another folder")
+    for path in old:
+        path.unlink()
+
+
+def _run_rank(comm: Comm, files: list[str], fmt_name: str, options: ConvertOptions,
+              spec: OutputSpec) -> dict[str, Any]:
+    """This rank's share of the work; never raises (so no rank hangs in a collective)."""
+    sizes = [os.path.getsize(f) for f in files]
+    mine = split_by_size(sizes, comm.size)[comm.rank]
+    budget = BadLineBudget(options.skip_bad)
+    fmt = FORMATS[fmt_name](options, budget)
+    records: list[PartitionRecord] = []
+    sink: PartitionSink | None = None
+    try:
+        for index in mine:
+            sink = PartitionSink(spec.folder, index, [files[index]], fmt.hashing(),
+                                 spec.target_rows, spec.target_bytes, spec.compression)
+            for block in fmt.blocks(files[index]):
+                sink.write(block)
+            records.extend(sink.finish())
+            sink = None
+        error = None
+    except DataError as e:
+        error = str(e)
+    except Exception as e:  # a bug: report it, still reach the gather
+        error = f"internal error on rank {comm.rank}: {e!r}\n{traceback.format_exc()}"
+    if error is not None:
+        if sink is not None:
+            sink.abort()
+        for record in records:
+            (Path(spec.folder) / record.name).unlink(missing_ok=True)
+        records = []
+    return {"records": [r.as_dict() for r in records], "error": error,
+            "skipped": budget.skipped, "examples": budget.examples,
+            "hashing": fmt.hashing()}
+
+
+def _manifest(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    parts = sorted((r for res in results for r in res["records"]), key=lambda r: r["name"])
+    first_row = 0
+    for part in parts:
+        part["first_row"] = first_row
+        first_row += part["rows"]
+    rows = sum(p["rows"] for p in parts)
+    positives = sum(p["positives"] for p in parts)
+    return {
+        "format": MANIFEST_FORMAT, "version": FORMAT_VERSION, **meta,
+        "rows": rows, "nnz": sum(p["nnz"] for p in parts),
+        "positives": positives, "label_rate": positives / rows if rows else 0.0,
+        "skipped_lines": sum(r.get("skipped", 0) for r in results),
+        "partitions": parts,
+    }
+
+
+def convert(inputs: list[str], fmt_name: str, options: ConvertOptions, spec: OutputSpec,
+            comm: Comm | None = None) -> dict[str, Any]:
+    """Convert on every rank of ``comm``; returns the manifest (raises DataError)."""
+    comm = comm or Comm()
+    if fmt_name not in FORMATS:
+        raise DataError(f"unknown format {fmt_name!r} (known: {', '.join(sorted(FORMATS))})")
+    setup = None
+    if comm.rank == 0:
+        try:
+            files = find_inputs(inputs)
+            if not files:
+                raise DataError(f"no input files under {' '.join(inputs)}")
+            prepare_output(spec)
+            setup = {"files": files, "error": None}
+        except (DataError, OSError) as e:
+            setup = {"files": [], "error": str(e)}
+    setup = comm.bcast_json(setup)
+    if setup["error"]:
+        raise DataError(setup["error"])
+    files = setup["files"]
+    result = _run_rank(comm, files, fmt_name, options, spec)
+    meta = {"created_by": "data_tools convert", "input_format": fmt_name,
+            "labels": options.labels, "hashing": result["hashing"], "inputs": files}
+    return finish_dataset(comm, spec, result, meta, options.skip_bad)
+
+
+def finish_dataset(comm: Comm, spec: OutputSpec, result: dict[str, Any],
+                   meta: dict[str, Any], skip_limit: int = 0) -> dict[str, Any]:
+    """Gather every rank's ``result`` (records, error, skipped); rank 0 writes the
+    manifest if all went well. On any failure every rank deletes its partitions
+    and DataError is raised everywhere."""
+    results = comm.gather_json(result)
+    outcome: dict[str, Any] | None = None
+    if comm.rank == 0:
+        assert results is not None
+        try:
+            outcome = _finish(results, meta, spec, skip_limit)
+        except OSError as e:
+            outcome = {"error": f"{spec.folder}: cannot write the manifest: {e}"}
+    outcome = comm.bcast_json(outcome)
+    if outcome["error"]:
+        for record in result["records"]:
+            (Path(spec.folder) / record["name"]).unlink(missing_ok=True)
+        raise DataError(outcome["error"])
+    return outcome["manifest"]
+
+
+def _finish(results: list[dict[str, Any]], meta: dict[str, Any], spec: OutputSpec,
+            skip_limit: int) -> dict[str, Any]:
+    errors = [r["error"] for r in results if r["error"]]
+    skipped = sum(r.get("skipped", 0) for r in results)
+    if not errors and skip_limit and skipped > skip_limit:
+        errors.append(f"{skipped} bad lines in all, more than --skip-bad {skip_limit}")
+    manifest = _manifest(results, meta)
+    if not errors and manifest["rows"] == 0:
+        errors.append(f"no rows in the input ({len(meta.get('inputs', []))} file(s), "
+                      "all empty?)")
+    if errors:
+        return {"error": "; ".join(errors), "manifest": None}
+    write_manifest(spec.folder, manifest)
+    if skipped:
+        print(f"data_tools: skipped {skipped} bad line(s)", file=sys.stderr)
+    return {"error": None, "manifest": manifest}

@@ -1,0 +1,142 @@
+"""CSV with a header line and a column spec.
+
+``--label COL`` names the label column, ``--numeric a,b`` the numeric columns
+(one key per column, the number as value; empty cells are missing, zeros are
+dropped) and ``--categorical c,d`` the categorical ones (one key per distinct
+value: ``hash_feature(fnv1a64(value), salt=fnv1a64(column))``, value 1; empty
+cells are missing). Other columns are ignored. Every file starts with the
+header (Spark writes one per part file with ``header=true``). Quoted fields
+may not contain newlines.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from data_tools.errors import BadLine, DataError
+from data_tools.formats.base import Block, ConvertOptions, InputFormat, register
+from data_tools.sources import read_chunks
+from data_tools.strhash import fnv1a64, fnv1a64_text
+from mpips.ring import hash_feature
+
+
+def column_hashing(options: ConvertOptions) -> dict[str, Any]:
+    return {"method": "mpips.ring.hash_feature",
+            "numeric_columns": "key = hash_feature(0, fnv1a64(column)), value = number",
+            "categorical_columns": "key = hash_feature(fnv1a64(utf8 value), fnv1a64(column))",
+            "label": options.label_column, "numeric": options.numeric,
+            "categorical": options.categorical}
+
+
+def columns_block(labels: np.ndarray, numeric: dict[str, np.ndarray],
+                  categorical: dict[str, tuple[np.ndarray, np.ndarray]]) -> Block:
+    """Rows from columns: numeric arrays hold NaN where missing; categorical
+    columns are (bytes array, present mask)."""
+    rows = labels.size
+    keys = np.empty((rows, len(numeric) + len(categorical)), np.uint64)
+    values = np.ones(keys.shape)
+    present = np.zeros(keys.shape, bool)
+    for j, (name, col) in enumerate(numeric.items()):
+        keys[:, j] = hash_feature(0, fnv1a64_text(name))
+        values[:, j] = col
+        present[:, j] = np.isfinite(col) & (col != 0)
+    for j, (name, (text, mask)) in enumerate(categorical.items(), start=len(numeric)):
+        keys[:, j] = hash_feature(fnv1a64(text), fnv1a64_text(name))
+        present[:, j] = mask
+    block = Block.from_dense(labels, keys, values, present)
+    if block.values is not None and (block.values == 1).all():
+        block.values = None
+    return block
+
+
+@register
+class CSV(InputFormat):
+    name = "csv"
+    help = "CSV with a header; --label, --numeric, --categorical name the columns"
+
+    def hashing(self) -> dict[str, Any]:
+        return column_hashing(self.options)
+
+    def blocks(self, path: str) -> Iterator[Block]:
+        opts = self.options
+        if not opts.label_column:
+            raise DataError("csv needs --label COLUMN (and --numeric/--categorical)")
+        columns: list[int] | None = None
+        for chunk in read_chunks(path, opts.chunk_bytes):
+            # split on \n only: str.splitlines would also split on \x0b, \x1c, ...
+            # and shift the line numbers in error messages.
+            text = chunk.data.decode("utf-8", errors="replace")
+            lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]
+            first = chunk.first_line
+            if columns is None:
+                columns = self._header(path, lines[0])
+                lines, first = lines[1:], first + 1
+            block = self._parse(path, first, lines, columns)
+            if block is not None:
+                yield block
+
+    def _header(self, path: str, line: str) -> list[int]:
+        header = next(csv.reader([line], delimiter=self.options.delimiter))
+        wanted = [self.options.label_column, *self.options.numeric, *self.options.categorical]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: header has no column(s) {', '.join(map(str, missing))}"
+                            f" (has {', '.join(header)})")
+        return [header.index(c) for c in wanted]  # type: ignore[arg-type]
+
+    def _parse(self, path: str, first: int, lines: list[str], columns: list[int]
+               ) -> Block | None:
+        opts = self.options
+        n_num = len(opts.numeric)
+        labels: list[float] = []
+        cells: list[list[str]] = []
+        width = max(columns) + 1
+        for offset, fields in enumerate(csv.reader(lines, delimiter=opts.delimiter)):
+            if not fields:
+                continue
+            problem = None
+            if len(fields) < width:
+                problem = f"{len(fields)} fields, the header needs at least {width}"
+            else:
+                picked = [fields[c] for c in columns]
+                problem = self._row_problem(picked)
+            if problem:
+                self.budget.skip(BadLine(path, first + offset, problem))
+                continue
+            labels.append(float(picked[0]))
+            cells.append(picked[1:])
+        if not labels:
+            return None
+        table = np.array(cells, dtype=object).reshape(len(cells), -1)
+        numeric = {name: np.array([float(v) if v else np.nan for v in table[:, j]])
+                   for j, name in enumerate(opts.numeric)}
+        categorical = {}
+        for j, name in enumerate(opts.categorical, start=n_num):
+            text = np.array([v.encode() for v in table[:, j]], dtype="S")
+            categorical[name] = (text, text != b"")
+        stored = self.check_labels(np.array(labels))
+        assert stored is not None
+        return columns_block(stored, numeric, categorical)
+
+    def _row_problem(self, picked: list[str]) -> str | None:
+        try:
+            label = float(picked[0])
+        except ValueError:
+            return f"label {picked[0]!r} is not a number"
+        problem = self.label_problem(label)
+        if problem:
+            return problem
+        for name, raw in zip(self.options.numeric, picked[1:], strict=False):
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                return f"column {name} = {raw!r} is not a number"
+            if not np.isfinite(value):
+                return f"column {name} = {raw!r} is not finite"
+        return None

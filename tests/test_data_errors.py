@@ -1,0 +1,155 @@
+"""Bad input: clear messages naming file and line, non-zero exit, nothing left behind."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import h5py
+import pytest
+
+from data_tools.cli import main
+from tests.mpitools import run_py
+
+
+def run_convert(tmp_path, text: bytes, *extra: str, name: str = "in.txt"):
+    source = tmp_path / name
+    source.write_bytes(text)
+    out = tmp_path / "out"
+    code = main(["convert", str(source), "-o", str(out), "--overwrite", *extra])
+    return code, out
+
+
+GOOD = b"1 1:0.5\n-1 2:1\n"
+BAD = {
+    "bad token": (b"1 1:0.5 nonsense\n", "not a number"),
+    "non-numeric value": (b"1 1:abc\n", "value in '1:abc' is not a number"),
+    "non-numeric id": (b"1 a:1\n", "feature id in 'a:1' is not a number"),
+    "nan value": (b"1 3:nan\n", "is not finite"),
+    "inf value": (b"1 3:inf\n", "is not finite"),
+    "nan label": (b"nan 3:1\n", "label nan is not a finite number"),
+    "label not allowed": (b"2 1:1\n", "label 2 not allowed"),
+    "negative id": (b"1 -3:1\n", "is not a non-negative integer"),
+    "fractional id": (b"1 1.5:1\n", "is not a non-negative integer"),
+    "dangling colon": (b"1 4:\n", "malformed token"),
+    "double colon": (b"1 4:1:2\n", "malformed token"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_line_names_file_and_line(tmp_path, capsys, case):
+    bad, message = BAD[case]
+    code, out = run_convert(tmp_path, GOOD + bad + GOOD)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "in.txt:3: " in err and message in err, err
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("*.h5")) and not list(out.glob(".*tmp"))
+
+
+def test_skip_bad_skips_and_counts(tmp_path, capsys):
+    text = GOOD + BAD["bad token"][0] + GOOD + BAD["label not allowed"][0] + GOOD
+    code, out = run_convert(tmp_path, text, "--skip-bad", "2")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 bad line(s)" in err and "in.txt:3:" in err and "in.txt:6:" in err
+    import json
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == 6 and manifest["skipped_lines"] == 2
+
+
+def test_skip_bad_limit_exceeded(tmp_path, capsys):
+    text = GOOD + BAD["bad token"][0] + BAD["nan value"][0] + GOOD
+    code, out = run_convert(tmp_path, text, "--skip-bad", "1")
+    assert code == 1
+    assert "more than --skip-bad 1" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+def test_empty_input(tmp_path, capsys):
+    code, out = run_convert(tmp_path, b"")
+    assert code == 1
+    assert "no rows in the input" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "_SUCCESS").write_bytes(b"")
+    assert main(["convert", str(tmp_path / "export"), "-o", str(tmp_path / "o")]) == 1
+    assert "no input files" in capsys.readouterr().err
+
+
+def test_missing_input(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 1
+    assert "nope: no such file or directory" in capsys.readouterr().err
+
+
+def test_truncated_gzip(tmp_path, capsys):
+    data = gzip.compress(GOOD * 20000)
+    code, out = run_convert(tmp_path, data[: len(data) // 2], name="cut.gz")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cut.gz: cannot decompress" in err and "truncated or corrupt" in err
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("*.h5"))
+
+
+def test_existing_output_is_refused(tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_bytes(GOOD)
+    out = tmp_path / "out"
+    assert main(["convert", str(source), "-o", str(out)]) == 0
+    assert main(["convert", str(source), "-o", str(out)]) == 1
+    assert "already holds a data set" in capsys.readouterr().err
+
+
+@pytest.fixture
+def converted(tmp_path):
+    code, out = run_convert(tmp_path, GOOD * 100)
+    assert code == 0
+    return out
+
+
+def test_verify_ok(converted, capsys):
+    assert main(["verify", str(converted)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_corrupt_hdf5(converted, capsys):
+    part = next(converted.glob("part-*.h5"))
+    part.write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+    assert main(["verify", str(converted)]) == 1
+    out = capsys.readouterr().out
+    assert f"{part.name}: not a readable HDF5 file" in out
+    assert main(["inspect", str(converted)]) == 1
+    assert "not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_changed_data_fails_checksum(converted, capsys):
+    part = next(converted.glob("part-*.h5"))
+    with h5py.File(part, "r+") as h5:
+        h5["label"][0] = 1 - h5["label"][0]
+    assert main(["verify", str(converted)]) == 1
+    assert "checksum mismatch" in capsys.readouterr().out
+
+
+def test_missing_manifest(converted, capsys):
+    (converted / "manifest.json").unlink()
+    assert main(["inspect", str(converted)]) == 1
+    assert "no manifest" in capsys.readouterr().err
+
+
+def test_stray_partition_reported(converted, capsys):
+    part = next(converted.glob("part-*.h5"))
+    shutil.copy(part, converted / "part-09999-0000.h5")
+    assert main(["verify", str(converted)]) == 1
+    assert "part-09999-0000.h5: not in the manifest" in capsys.readouterr().out
+
+
+def test_cli_exit_code_and_help(tmp_path):
+    proc = run_py("-m", "data_tools", "convert", str(tmp_path / "nope"), "-o",
+                  str(tmp_path / "o"), timeout=60)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_py("-m", "data_tools", "--help", timeout=60)
+    assert proc.returncode == 0 and "convert" in proc.stdout and "synth" in proc.stdout

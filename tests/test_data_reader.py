@@ -1,0 +1,75 @@
+"""The partition reader, the localiser and the [data] job section."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpips import config
+from mpips.data import PartitionReader, load_manifest, localise, read_minibatches
+from tests.fixtures.data_helpers import convert_to, read_all
+from tests.mpitools import shared_file
+
+
+@pytest.fixture(scope="module")
+def adult(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adult")
+    return convert_to(tmp, [shared_file("adult.test.libsvm.gz")],
+                      spec_kw={"target_rows": 5000})
+
+
+@pytest.mark.parametrize("chunk_rows,batch", [(1, 1), (7, 3), (1000, 100), (65536, 1000)])
+def test_chunking_gives_the_same_rows(adult, chunk_rows, batch):
+    labels, indptr, keys, values = read_all(adult)
+    paths = load_manifest(adult).paths
+    batches = list(read_minibatches(paths, batch, chunk_rows)) if chunk_rows > 1 else [
+        mb for p in paths[:1] for mb in PartitionReader(p, 1).minibatches(1)]
+    rows = sum(mb.rows for mb in batches)
+    if chunk_rows == 1:  # first partition only: one row at a time is slow
+        labels, indptr = labels[:rows], indptr[:rows + 1]
+        keys = keys[:indptr[-1]]
+    assert rows == labels.size
+    assert max(mb.rows for mb in batches) <= batch
+    np.testing.assert_array_equal(np.concatenate([mb.labels for mb in batches]), labels)
+    np.testing.assert_array_equal(np.concatenate([mb.keys for mb in batches]), keys)
+    lengths = np.concatenate([np.diff(mb.indptr) for mb in batches])
+    np.testing.assert_array_equal(lengths, np.diff(indptr))
+    assert all(mb.indptr[0] == 0 and mb.indptr[-1] == mb.nnz for mb in batches)
+
+
+def test_reader_memory_is_one_chunk(adult):
+    path = load_manifest(adult).paths[0]
+    with PartitionReader(path, chunk_rows=100) as reader:
+        assert reader.rows == 5000
+        assert all(chunk.rows <= 100 for chunk in reader.chunks())
+        assert reader.attrs["hashing"]["method"] == "mpips.ring.hash_feature"
+
+
+def test_localise_matches_unique():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**64, 500, dtype=np.uint64)[rng.integers(0, 500, 5000)]
+    unique, columns = localise(keys)
+    ref_unique, ref_inverse = np.unique(keys, return_inverse=True)
+    np.testing.assert_array_equal(unique, ref_unique)
+    np.testing.assert_array_equal(columns, ref_inverse)
+    assert columns.dtype == np.int32 and unique.dtype == np.uint64
+    empty_unique, empty_columns = localise(np.zeros(0, np.uint64))
+    assert empty_unique.size == 0 and empty_columns.size == 0
+
+
+def test_localised_minibatch(adult):
+    path = load_manifest(adult).paths[0]
+    with PartitionReader(path) as reader:
+        mb = next(reader.minibatches(50))
+    unique, matrix = mb.localised()
+    assert matrix.shape == (50, unique.size)
+    assert np.all(unique[1:] > unique[:-1])
+    np.testing.assert_array_equal(unique[matrix.indices], mb.keys)
+
+
+def test_data_section_defaults_and_overrides():
+    cfg = config.load(None, ["data.train=data/news20", "data.minibatch=64"])
+    assert cfg.data.train == "data/news20" and cfg.data.minibatch == 64
+    assert cfg.data.epochs == 1 and cfg.data.shuffle is True
+    with pytest.raises(config.ConfigError, match="minibatch"):
+        config.load(None, ["data.minibatch=0"])
