@@ -138,6 +138,18 @@ class Postoffice:
         self.wait_until(lambda: (group, bid) in self._barrier_passed,
                         lambda: f"barrier {bid}: no release from the scheduler (rank 0)")
 
+    def next_task(self, done: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Report ``done`` (a task this worker finished) and take the next one
+        from the scheduler's work queue: ``{"epoch", "partition", "path",
+        "attempt"}``, or None when every epoch is done."""
+        reply: list[Message] = []
+        self.on(Op.TASK, reply.append)
+        self.send(self.layout.scheduler,
+                  Message(op=Op.TASK_REQ, meta=Message.jmeta(done) if done else b""))
+        # No deadline: the answer may wait for other workers to end an epoch.
+        self.wait_until(lambda: bool(reply), lambda: "", timeout=float("inf"))
+        return reply[0].json()
+
     def report(self, counters: dict[str, Any]) -> None:
         """Send progress counters to the scheduler (summed over workers)."""
         self.send(self.layout.scheduler, Message(op=Op.REPORT, meta=Message.jmeta(counters)))

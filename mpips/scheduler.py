@@ -17,6 +17,11 @@ from .postoffice import Postoffice
 from .transport import Message, Op
 
 
+def _task(d: dict[str, Any]):
+    from .data.queue import Task
+    return Task(d["epoch"], d["partition"], d["path"], d["attempt"])
+
+
 class Scheduler:
     def __init__(self, po: Postoffice, app: App):
         self.po = po
@@ -30,6 +35,9 @@ class Scheduler:
         po.on(Op.REPORT, self._report)
         po.on(Op.DONE, self._done)
         po.on(Op.STOPPED, self._stopped)
+        po.on(Op.TASK_REQ, self._task_request)
+        self.queue = app.work_queue()
+        self.waiting_for_task: list[int] = []
 
     def run(self) -> None:
         po = self.po
@@ -87,6 +95,28 @@ class Scheduler:
             for r in ranks:
                 self.po.send(r, Message(op=Op.RELEASE, flags=msg.flags, aux=msg.aux))
             del self.arrived[key]
+
+    def _task_request(self, msg: Message) -> None:
+        if self.queue is None:
+            raise RuntimeError(f"rank {msg.sender} asked for a task, but app "
+                               f"{self.app.name!r} has no work queue")
+        done = msg.json()
+        worker = msg.sender
+        if done:
+            self.queue.done(worker, _task(done))
+        self.waiting_for_task.append(worker)
+        # A done report may open the next epoch for workers already waiting.
+        still = []
+        for w in self.waiting_for_task:
+            task = self.queue.next(w)
+            if task is None and not self.queue.finished:
+                still.append(w)  # epoch barrier: answer once the epoch is done
+                continue
+            meta = b"" if task is None else Message.jmeta(
+                {"epoch": task.epoch, "partition": task.partition, "path": task.path,
+                 "attempt": task.attempt})
+            self.po.send(w, Message(op=Op.TASK, meta=meta))
+        self.waiting_for_task = still
 
     def _report(self, msg: Message) -> None:
         self.counters[msg.sender] = msg.json()

@@ -27,6 +27,16 @@ def test_counts_are_exact(n, servers, virtual):
     assert proc.stdout.count("keys exact") == workers
 
 
+def test_work_queue_hands_each_partition_once_per_epoch():
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "queue", "layout.servers=1",
+                   timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "every partition exactly once per epoch" in proc.stdout
+    taken = [int(line.split()[3]) for line in proc.stdout.splitlines()
+             if " took " in line]
+    assert sum(taken) == 23 * 3 and len(taken) == 3
+
+
 def test_a_rank_that_raises_ends_the_job_quickly():
     t = time.monotonic()
     proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",

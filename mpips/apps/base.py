@@ -27,6 +27,11 @@ class App:
     def tables(self) -> list[Table]:
         raise NotImplementedError
 
+    def work_queue(self) -> Any:
+        """On the scheduler: a :class:`mpips.data.PartitionQueue` whose tasks
+        workers take with ``po.next_task()``, or None for apps without one."""
+        return None
+
     def run_worker(self, po: Postoffice) -> dict[str, Any]:
         """The worker's work; returns its final counters (sent to the scheduler)."""
         raise NotImplementedError

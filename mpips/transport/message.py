@@ -58,6 +58,8 @@ class Op(enum.IntEnum):
     REPORT = 26           # rank -> scheduler: progress counters (meta JSON)
     RAW_BENCH = 27        # worker -> server: serve a raw MPI echo (bench)
     ERROR = 28            # server -> worker: a request was refused (meta: why)
+    TASK_REQ = 29         # worker -> scheduler: the next partition (meta: the one done)
+    TASK = 30             # scheduler -> worker: a task (meta), or none left (empty)
     APP = 40              # app-defined control messages (aux says which)
 
 

@@ -102,6 +102,44 @@ class CountsJob(App):
         return {"checked": int(keys.size)}
 
 
+class QueueJob(App):
+    """Workers take partitions from the scheduler's queue (names only, no
+    files) and push +1 to the key of each; every key must end at ``epochs``."""
+
+    name = "queue"
+    PARTITIONS = 23
+    EPOCHS = 3
+
+    def tables(self):
+        return [Table("c", 1, "float32", Add())]
+
+    def work_queue(self):
+        from mpips.data import PartitionQueue
+        self.queue = PartitionQueue([f"part-{i:05d}" for i in range(self.PARTITIONS)],
+                                    epochs=self.EPOCHS, shuffle=True, seed=3)
+        return self.queue
+
+    def run_worker(self, po):
+        c = KVWorker(po, "c")
+        task, taken = po.next_task(), 0
+        while task is not None:
+            c.wait(c.push(np.array([task["partition"]], np.uint64), np.ones(1, np.float32)))
+            if po.worker_index() == 0:
+                time.sleep(0.01)  # a slower worker takes fewer partitions
+            taken += 1
+            task = po.next_task(done=task)
+        po.barrier(WORKERS)
+        got = c.wait(c.pull(np.arange(self.PARTITIONS, dtype=np.uint64)))[:, 0]
+        if not np.all(got == self.EPOCHS):
+            raise AssertionError(f"partition counts {got.tolist()}")
+        print(f"worker {po.worker_index()} took {taken} partitions", flush=True)
+        return {"taken": taken}
+
+    def finish(self, po, workers, servers, elapsed):
+        self.queue.check_exactly_once()
+        print("queue: every partition exactly once per epoch", flush=True)
+
+
 class RaiseJob(App):
     name = "raise"
 
@@ -122,4 +160,4 @@ class RaiseJob(App):
 if __name__ == "__main__":
     mode, overrides = sys.argv[1], [a for a in sys.argv[2:] if a != "-o"]
     cfg = config.load(None, overrides)
-    run(cfg, {"counts": CountsJob, "raise": RaiseJob}[mode](cfg))
+    run(cfg, {"counts": CountsJob, "raise": RaiseJob, "queue": QueueJob}[mode](cfg))
