@@ -51,6 +51,11 @@ class Postoffice:
                             cfg.layout.replication)
         self.handlers: dict[int, Handler] = {}
         self.clients: dict[int, Handler] = {}  # table id -> kv worker reply handler
+        # Called with (old ring, new ring) after a failover changed the ring.
+        self.ring_listeners: list[Callable[[KeyRing, KeyRing], None]] = []
+        self.observers: list[Handler] = []  # see every message (the scheduler's watch)
+        self.heartbeat_interval = cfg.transport.heartbeat_interval
+        self._last_heartbeat = time.monotonic()
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
         self.started = time.monotonic()
@@ -82,21 +87,52 @@ class Postoffice:
     def num_workers(self) -> int:
         return len(self.layout.workers)
 
+    def live_workers(self) -> list[int]:
+        """Ranks of the workers not known to be dead."""
+        return [r for r in self.layout.workers if r not in self.van.dead]
+
     # ---- messages --------------------------------------------------------------
     def send(self, dest: int, msg: Message) -> None:
         msg.ring_version = self.ring.version
         self.van.send(dest, msg)
+        if dest == self.layout.scheduler:
+            self._last_heartbeat = time.monotonic()  # any message says "alive"
+
+    def heartbeat(self) -> None:
+        """Tell the scheduler this rank lives, if it has not heard so lately."""
+        if self.is_scheduler:
+            return
+        if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
+            self.send(self.layout.scheduler, Message(op=Op.HEARTBEAT))
+
+    def event(self, name: str, **fields: Any) -> None:
+        """A timestamped event for the scheduler's log (failover timings...)."""
+        fields.update(event=name, time=time.time(), rank=self.rank)
+        if self.is_scheduler:
+            self.handlers[Op.EVENT](Message(op=Op.EVENT, sender=self.rank,
+                                            meta=Message.jmeta(fields)))
+        else:
+            self.send(self.layout.scheduler, Message(op=Op.EVENT, meta=Message.jmeta(fields)))
 
     def on(self, op: int, handler: Handler) -> None:
         """Route messages of ``op`` to ``handler``."""
         self.handlers[int(op)] = handler
 
     def dispatch(self, msg: Message) -> None:
+        for observe in self.observers:
+            observe(msg)
         if msg.op == Op.ABORT:
             raise JobAborted(1)
         if msg.op == Op.RELEASE:
             self._barrier_passed.add((msg.flags, msg.aux))
             return
+        if msg.op == Op.RING and not self.is_scheduler:
+            self.set_ring(self.ring.without_all(msg.json(), msg.aux))
+            return
+        if msg.op == Op.PEER_FAILED and not self.is_scheduler:
+            if msg.aux == self.layout.scheduler:
+                self._scheduler_died()
+            return  # the scheduler decides what a failure changes
         if msg.op in _REPLIES:
             handler = self.clients.get(msg.table)
         else:
@@ -106,9 +142,26 @@ class Postoffice:
                                f"from rank {msg.sender}")
         handler(msg)
 
+    def set_ring(self, ring: KeyRing) -> None:
+        old, self.ring = self.ring, ring
+        for server in ring.dead:  # the scheduler may know before this rank's MPI does
+            self.van.mark_dead(self.server_rank(server))
+        for listener in self.ring_listeners:
+            listener(old, ring)
+
+    def _scheduler_died(self) -> None:
+        live = [r for r in range(self.van.size) if r not in self.van.dead]
+        if self.rank == live[0]:  # one survivor says it
+            print(f"mpips: the scheduler (rank {self.layout.scheduler}) died: the job "
+                  "stops. Restart it with --resume to continue from the last checkpoint.",
+                  file=sys.stderr, flush=True)
+        self.van.finalize_and_exit(1)
+
     def wait_until(self, done: Callable[[], bool], what: Callable[[], str],
-                   timeout: float | None = None) -> None:
-        """Serve messages until ``done()``; time out naming ``what()``."""
+                   timeout: float | None = None,
+                   idle: Callable[[], None] | None = None) -> None:
+        """Serve messages until ``done()``; time out naming ``what()``.
+        ``idle`` runs between empty polls (default: send heartbeats)."""
         if done():
             return
 
@@ -116,7 +169,8 @@ class Postoffice:
             self.dispatch(msg)
             return done()
 
-        self.van.wait_for(handle, self.timeout if timeout is None else timeout, what)
+        self.van.wait_for(handle, self.timeout if timeout is None else timeout, what,
+                          idle=idle or self.heartbeat)
 
     def serve_forever(self, stop: Callable[[], bool]) -> None:
         """Serve until ``stop()``: servers and the scheduler wait here with no
@@ -132,9 +186,7 @@ class Postoffice:
             raise RuntimeError("the scheduler takes no part in barriers it runs")
         bid = self._next_barrier[group]
         self._next_barrier[group] += 1
-        expected = self.van.size - 1 if group == ALL else self.num_workers
-        self.send(self.layout.scheduler, Message(op=Op.BARRIER, flags=group, aux=bid,
-                                                 aux2=expected))
+        self.send(self.layout.scheduler, Message(op=Op.BARRIER, flags=group, aux=bid))
         self.wait_until(lambda: (group, bid) in self._barrier_passed,
                         lambda: f"barrier {bid}: no release from the scheduler (rank 0)")
 

@@ -13,7 +13,7 @@ ranges carry equal load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -59,6 +59,10 @@ def hash_feature(ids: np.ndarray | int, salt: int = 0) -> np.ndarray:
     return mix64(ids)
 
 
+class RingError(RuntimeError):
+    """The ring cannot serve: every holder of some range is dead."""
+
+
 def check_keys(keys: np.ndarray, what: str = "keys") -> np.ndarray:
     """Return ``keys`` as a 1-d uint64 array, or raise if not sorted and unique."""
     keys = np.asarray(keys)
@@ -88,13 +92,17 @@ class KeyRing:
 
     ``servers`` are the server ids 0..S-1 in ring order (the layout maps them
     to MPI ranks). ``replication`` is k, the number of successors that hold a
-    copy of each range.
+    copy of each range. Range ``r``'s home is server ``r % S``; its owner is
+    the first live server from its home on, and its replicas are the k live
+    servers after the owner. When an owner dies, its first live successor,
+    which holds a replica, becomes the owner: failover is a status change.
     """
 
     servers: int
     virtual_servers: int = 1
     replication: int = 0
     version: int = 0
+    dead: frozenset[int] = frozenset()
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     owners: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -107,14 +115,35 @@ class KeyRing:
             raise ValueError(
                 f"replication k={self.replication} needs k < servers={self.servers}"
             )
+        if len(self.dead) >= self.servers:
+            raise RingError("every server of the ring is dead")
         nranges = self.servers * self.virtual_servers
         # Equal cuts of [0, 2**64), computed exactly with Python ints.
         bounds = np.array([(r << 64) // nranges for r in range(nranges)], dtype=np.uint64)
         bounds.setflags(write=False)
-        owners = np.arange(nranges, dtype=np.int64) % self.servers
+        order = self._live_from(np.arange(self.servers))
+        owners = np.array([order[r % self.servers][0] for r in range(nranges)], np.int64)
         owners.setflags(write=False)
         object.__setattr__(self, "bounds", bounds)
         object.__setattr__(self, "owners", owners)
+
+    def _live_from(self, homes: np.ndarray) -> list[list[int]]:
+        """For each home server, the live servers in ring order from it."""
+        S = self.servers
+        return [[(h + i) % S for i in range(S) if (h + i) % S not in self.dead]
+                for h in homes.tolist()]
+
+    @property
+    def live_servers(self) -> list[int]:
+        return [s for s in range(self.servers) if s not in self.dead]
+
+    def without(self, server: int) -> KeyRing:
+        """The ring after ``server`` died: its ranges move to live successors."""
+        return replace(self, version=self.version + 1, dead=self.dead | {server})
+
+    def without_all(self, dead: list[int], version: int) -> KeyRing:
+        """The ring with ``dead`` servers gone, at ``version`` (as broadcast)."""
+        return replace(self, version=version, dead=frozenset(dead))
 
     @property
     def num_ranges(self) -> int:
@@ -130,9 +159,15 @@ class KeyRing:
         return [int(r) for r in np.flatnonzero(self.owners == server)]
 
     def replicas(self, r: int) -> list[int]:
-        """The k servers after range ``r``'s owner on the ring, owner excluded."""
+        """The k live servers after range ``r``'s owner on the ring (fewer when
+        fewer are alive), owner excluded."""
         owner = int(self.owners[r])
-        return [(owner + i) % self.servers for i in range(1, self.replication + 1)]
+        after = self._live_from(np.array([owner]))[0][1:]
+        return after[: self.replication]
+
+    def holders(self, r: int) -> list[int]:
+        """Owner and replicas of range ``r``."""
+        return [int(self.owners[r]), *self.replicas(r)]
 
     def slice(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cut sorted keys into per-range segments.

@@ -48,8 +48,7 @@ def _serve(po: Postoffice, app: App) -> None:
 
     po.on(Op.STOP, stop)
     po.serve_forever(lambda: stopped)
-    result: dict[str, Any] = {"keys": sum(len(s) for s in server.stores),
-                              "bytes": sum(s.nbytes for s in server.stores),
+    result: dict[str, Any] = {"keys": server.num_keys, "bytes": server.nbytes,
                               "requests": server.requests}
     result.update(app.on_server_stop(po, server))
     po.send(po.layout.scheduler, Message(op=Op.STOPPED, meta=Message.jmeta(result)))

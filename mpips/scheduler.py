@@ -1,19 +1,28 @@
-"""The scheduler (rank 0): barriers, progress, and the end of the job.
+"""The scheduler (rank 0): barriers, work queue, progress, failures, the end.
 
-It releases barriers when every expected rank has arrived, sums the progress
-counters workers report and prints one line at a steady interval, and when
-every worker is done it stops the servers, collects their results, and lets
-every rank finish together.
+It releases barriers when every live rank of the group has arrived, hands
+out partitions from the app's work queue, sums the progress counters workers
+report and prints one line at a steady interval. It watches every rank: a
+rank that MPI reports dead (ULFM) or that stays silent past the heartbeat
+timeout is gone. A dead worker's tasks go back to the queue; a dead server's
+ranges move to their first live successor, which holds a replica (a new ring
+version, broadcast to every rank), and the servers then repair the replicas.
+When every live worker is done it stops the servers, collects their results,
+and lets every rank finish together.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from typing import Any
 
 from .apps.base import App
-from .postoffice import Postoffice
+from .layout import SERVER, WORKER
+from .postoffice import ALL, Postoffice
+from .ring import RingError
 from .transport import Message, Op
 
 
@@ -22,59 +31,86 @@ def _task(d: dict[str, Any]):
     return Task(d["epoch"], d["partition"], d["path"], d["attempt"])
 
 
+class JobFailed(RuntimeError):
+    """The job cannot go on (a failure it cannot recover from)."""
+
+
 class Scheduler:
     def __init__(self, po: Postoffice, app: App):
         self.po = po
         self.app = app
         self.interval = po.cfg.job.progress_interval
+        self.hb_timeout = po.cfg.transport.heartbeat_timeout
         self.arrived: dict[tuple[int, int], list[int]] = {}
         self.counters: dict[int, dict[str, float]] = {}
         self.done: dict[int, dict[str, Any]] = {}
         self.stopped: dict[int, dict[str, Any]] = {}
-        po.on(Op.BARRIER, self._barrier)
-        po.on(Op.REPORT, self._report)
-        po.on(Op.DONE, self._done)
-        po.on(Op.STOPPED, self._stopped)
-        po.on(Op.TASK_REQ, self._task_request)
+        self.last_seen = {r: time.monotonic() for r in range(1, po.van.size)}
+        self.events: list[dict[str, Any]] = []
+        for op, handler in ((Op.BARRIER, self._barrier), (Op.REPORT, self._report),
+                            (Op.DONE, self._done), (Op.STOPPED, self._stopped),
+                            (Op.TASK_REQ, self._task_request), (Op.HEARTBEAT, _ignore),
+                            (Op.PEER_FAILED, self._peer_failed), (Op.EVENT, self._event),
+                            (Op.REPAIRED, self._repaired)):
+            po.on(op, handler)
+        po.observers.append(self._seen)
         self.queue = app.work_queue()
         self.waiting_for_task: list[int] = []
+        self.repairing: set[int] = set()
+        self._last_check = 0.0
 
+    # ---- the run ----------------------------------------------------------------
     def run(self) -> None:
         po = self.po
         t0 = time.monotonic()
         layout = po.layout
+        ft = ("ULFM: failed ranks are survived" if po.van.fault_tolerant else
+              "no ULFM: recovery is checkpoint/restart only")
         print(f"mpips: {po.cfg.job.name}: {layout.world_size} ranks on {layout.num_hosts} "
               f"host(s): 1 scheduler, {len(layout.servers)} servers, {len(layout.workers)} "
               f"workers; ring of {po.ring.num_ranges} ranges, replication "
-              f"{po.ring.replication}; {po.van.library()}", flush=True)
+              f"{po.ring.replication}; {ft}; {po.van.library()}", flush=True)
         next_line = t0 + self.interval
-        nworkers = len(layout.workers)
 
         def tick() -> bool:
             nonlocal next_line
             now = time.monotonic()
+            self._check_heartbeats(now)
             if now < next_line:
-                return len(self.done) == nworkers
+                return self._all_done()
             if self.counters:
                 self._print_progress(now - t0)
             next_line = now + self.interval
             return True
 
-        while len(self.done) < nworkers:
-            po.wait_until(tick, lambda: "", timeout=float("inf"))
+        def watch() -> None:
+            self._check_heartbeats(time.monotonic())
+
+        while not self._all_done():
+            po.wait_until(tick, lambda: "", timeout=float("inf"), idle=watch)
         if self.counters:
             self._print_progress(time.monotonic() - t0)  # the last line: final totals
-        for rank in layout.servers:
+        servers = self._live(po.layout.servers)
+        for rank in servers:
             po.send(rank, Message(op=Op.STOP))
-        po.wait_until(lambda: len(self.stopped) == len(layout.servers),
+        po.wait_until(lambda: all(r in self.stopped for r in self._live(servers)),
                       lambda: "STOPPED from servers " + ", ".join(
-                          str(r) for r in layout.servers if r not in self.stopped))
+                          str(r) for r in servers if r not in self.stopped))
         elapsed = time.monotonic() - t0
-        self.app.finish(po, [self.done[r] for r in layout.workers],
-                        [self.stopped[r] for r in layout.servers], elapsed)
-        for rank in layout.workers:
+        self.app.finish(po, [self.done[r] for r in self._live(layout.workers)],
+                        [self.stopped[r] for r in self._live(layout.servers)], elapsed)
+        for rank in self._live(layout.workers):
             po.send(rank, Message(op=Op.STOP))
-        print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s", flush=True)
+        self._write_events()
+        lost = sorted(po.van.dead)
+        print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s"
+              + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
+
+    def _live(self, ranks) -> list[int]:
+        return [r for r in ranks if r not in self.po.van.dead]
+
+    def _all_done(self) -> bool:
+        return all(r in self.done for r in self._live(self.po.layout.workers))
 
     def _print_progress(self, elapsed: float) -> None:
         totals: dict[str, float] = {}
@@ -87,27 +123,39 @@ class Scheduler:
         line = self.app.progress_line(totals, elapsed)
         print(f"[{elapsed:7.1f}s] {line}", file=sys.stdout, flush=True)
 
+    # ---- messages ----------------------------------------------------------------
+    def _seen(self, msg: Message) -> None:
+        if msg.sender in self.last_seen:
+            self.last_seen[msg.sender] = time.monotonic()
+
     def _barrier(self, msg: Message) -> None:
-        key = (msg.flags, msg.aux)
-        ranks = self.arrived.setdefault(key, [])
-        ranks.append(msg.sender)
-        if len(ranks) == msg.aux2:
-            for r in ranks:
-                self.po.send(r, Message(op=Op.RELEASE, flags=msg.flags, aux=msg.aux))
-            del self.arrived[key]
+        self.arrived.setdefault((msg.flags, msg.aux), []).append(msg.sender)
+        self._release_barriers()
+
+    def _release_barriers(self) -> None:
+        for key, ranks in list(self.arrived.items()):
+            group = key[0]
+            members = (range(1, self.po.van.size) if group == ALL
+                       else self.po.layout.workers)
+            if all(r in ranks for r in self._live(members)):
+                for r in self._live(ranks):
+                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=key[1]))
+                del self.arrived[key]
 
     def _task_request(self, msg: Message) -> None:
         if self.queue is None:
             raise RuntimeError(f"rank {msg.sender} asked for a task, but app "
                                f"{self.app.name!r} has no work queue")
         done = msg.json()
-        worker = msg.sender
         if done:
-            self.queue.done(worker, _task(done))
-        self.waiting_for_task.append(worker)
+            self.queue.done(msg.sender, _task(done))
+        self.waiting_for_task.append(msg.sender)
+        self._hand_out_tasks()
+
+    def _hand_out_tasks(self) -> None:
         # A done report may open the next epoch for workers already waiting.
         still = []
-        for w in self.waiting_for_task:
+        for w in self._live(self.waiting_for_task):
             task = self.queue.next(w)
             if task is None and not self.queue.finished:
                 still.append(w)  # epoch barrier: answer once the epoch is done
@@ -127,3 +175,89 @@ class Scheduler:
 
     def _stopped(self, msg: Message) -> None:
         self.stopped[msg.sender] = msg.json() or {}
+
+    def _event(self, msg: Message) -> None:
+        self.events.append(msg.json())
+
+    def _repaired(self, msg: Message) -> None:
+        if msg.aux != self.po.ring.version:
+            return  # a report for an older ring: another failure came since
+        self.repairing.discard(msg.sender)
+        if not self.repairing:
+            self.po.event("repaired", ring_version=msg.aux)
+            copies = min(self.po.ring.replication, len(self.po.ring.live_servers) - 1)
+            print(f"mpips: ring version {msg.aux}: repaired, every range has {copies} "
+                  "replica(s) again", flush=True)
+
+    # ---- failures -------------------------------------------------------------------
+    def _check_heartbeats(self, now: float) -> None:
+        if now - self._last_check < 0.1:
+            return
+        self._last_check = now
+        for rank, seen in self.last_seen.items():
+            if rank in self.po.van.dead or now - seen < self.hb_timeout:
+                continue
+            who = f"rank {rank} ({self.po.layout.describe(rank)})"
+            if not self.po.van.fault_tolerant:
+                raise JobFailed(f"{who} sent nothing for {now - seen:.0f} s "
+                                "([transport] heartbeat_timeout): it hangs")
+            print(f"mpips: {who} sent nothing for {now - seen:.0f} s: taken for gone",
+                  flush=True)
+            self.po.send(rank, Message(op=Op.ABORT, meta=b"declared dead"))
+            self.po.van.mark_dead(rank)
+
+    def _peer_failed(self, msg: Message) -> None:
+        rank = msg.aux
+        role = self.po.layout.role(rank)
+        who = f"rank {rank} ({self.po.layout.describe(rank)})"
+        self.po.event("detected", failed=rank, role=role)
+        print(f"mpips: {who} failed", flush=True)
+        if role == WORKER:
+            if self.queue is not None:
+                again = self.queue.requeue(rank)
+                if again:
+                    print(f"mpips: {len(again)} task(s) of {who} go back to the queue",
+                          flush=True)
+                self._hand_out_tasks()
+            self.counters.pop(rank, None)
+        elif role == SERVER:
+            self._server_failed(rank, who)
+        self._release_barriers()
+
+    def _server_failed(self, rank: int, who: str) -> None:
+        po = self.po
+        if po.ring.replication == 0:
+            raise JobFailed(f"{who} died and [layout] replication = 0: its key ranges are "
+                            "lost. Restart with --resume from the last checkpoint, or run "
+                            "with replication >= 1 and 3+ servers to survive this")
+        server = po.layout.servers.index(rank)
+        try:
+            ring = po.ring.without(server)
+        except RingError as e:
+            raise JobFailed(f"{who} died: {e}") from None
+        lost = [r for r in range(ring.num_ranges)
+                if all(s in ring.dead for s in po.ring.holders(r))]
+        if lost:
+            raise JobFailed(f"{who} died with the last copy of range(s) {lost}")
+        po.set_ring(ring)
+        dead = Message.jmeta(sorted(ring.dead))
+        for r in range(1, po.van.size):
+            if r not in po.van.dead:
+                po.send(r, Message(op=Op.RING, aux=ring.version, meta=dead))
+        self.repairing = set(self._live(po.layout.servers))
+        po.event("ring", ring_version=ring.version, dead_servers=sorted(ring.dead))
+        print(f"mpips: ring version {ring.version}: the ranges of {who} moved to their "
+              "first live successors", flush=True)
+
+    def _write_events(self) -> None:
+        if not self.events:
+            return
+        out = self.po.cfg.job.output
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "events.jsonl"), "a") as f:
+            for e in self.events:
+                f.write(json.dumps(e) + "\n")
+
+
+def _ignore(msg: Message) -> None:
+    pass

@@ -78,3 +78,18 @@ def test_check_keys_rejects_bad_keys():
     with pytest.raises(ValueError, match="non-negative"):
         check_keys(np.array([-1, 2]))
     assert check_keys(np.array([1, 2], np.int64)).dtype == np.uint64
+
+
+def test_failover_moves_ranges_to_the_first_live_successor():
+    ring = KeyRing(4, 2, replication=1)
+    assert [ring.holders(r) for r in range(4)] == [[0, 1], [1, 2], [2, 3], [3, 0]]
+    after = ring.without(1)
+    assert after.version == 1 and after.dead == {1}
+    # server 1's ranges (1 and 5) go to server 2, which held their replica
+    assert after.owners[1] == 2 and after.owners[5] == 2
+    assert after.holders(0) == [0, 2] and after.holders(1) == [2, 3]
+    assert after.holders(3) == [3, 0]
+    two = after.without(2)
+    assert two.holders(1) == [3, 0] and set(two.live_servers) == {0, 3}
+    with pytest.raises(Exception, match="every server"):
+        KeyRing(2, 1, 1).without(0).without(1)

@@ -1,13 +1,73 @@
-"""KVServer: holds the ranges of every table this rank owns and answers
-push, pull and pushpull requests with the table's update handle."""
+"""KVServer: holds the ranges this rank owns (and replicas of its
+predecessors' ranges) and answers push, pull and pushpull requests.
+
+Storage is one store per (table, range), so that a range moves between
+primary and replica roles as a unit: when the owner of a range dies, its
+first live successor already holds a replica and promotes it in place
+(failover is a status change, not a data transfer).
+
+Replication (k > 0): the owner applies an update, forwards the updated rows
+(values and optimizer state) of each range to the range's k replicas, and
+answers the worker only when every replica acknowledged: an acknowledged push
+is never lost. Every store remembers which (worker, timestamp) requests it
+applied, so a request a worker resends after a failover is not applied twice.
+After a ring change, each owner copies whole ranges to replicas that lack
+them (repair) until every range has k copies again.
+"""
 
 from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..postoffice import Postoffice
+from ..ring import KeyRing
 from ..transport import Message, Op
 from .store import SortedStore
+
+RECENT_REQUESTS = 4096  # per worker and range: how far back duplicates are caught
+
+
+class RecentRequests:
+    """The (worker, timestamp) pairs of requests a range has applied, bounded."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[deque[int], set[int]]] = {}
+
+    def add(self, sender: int, ts: int) -> None:
+        order, seen = self._seen.setdefault(sender, (deque(), set()))
+        order.append(ts)
+        seen.add(ts)
+        if len(order) > RECENT_REQUESTS:
+            seen.discard(order.popleft())
+
+    def __contains__(self, item: tuple[int, int]) -> bool:
+        entry = self._seen.get(item[0])
+        return entry is not None and item[1] in entry[1]
+
+    def to_list(self) -> list[list[int]]:
+        return [[s, t] for s, (order, _) in self._seen.items() for t in order]
+
+    @classmethod
+    def from_list(cls, pairs: list[list[int]]) -> RecentRequests:
+        out = cls()
+        for s, t in pairs:
+            out.add(s, t)
+        return out
+
+
+@dataclass
+class _AwaitReplicas:
+    """A reply held back until the replicas acknowledged the update."""
+
+    id: int
+    reply_to: int
+    reply: Message
+    waiting: set[tuple[int, int]] = field(default_factory=set)  # (replica rank, range)
 
 
 class KVServer:
@@ -16,57 +76,238 @@ class KVServer:
     def __init__(self, po: Postoffice):
         self.po = po
         self.server = po.layout.servers.index(po.rank)
-        self.stores = [t.store(t) if t.store is not None
-                       else SortedStore(t.vdim, t.np_dtype, t.handle) for t in po.tables]
-        self.raw_sessions: list[Message] = []
+        self.tables = po.tables
+        ring = po.ring
+        # (table, range) -> store
+        self.primary: dict[tuple[int, int], Any] = {}
+        self.replica: dict[tuple[int, int], Any] = {}
+        self.applied: dict[int, RecentRequests] = {}  # range -> requests applied
+        for r in ring.ranges_of_server(self.server):
+            self._add_ranges(self.primary, r)
+        for r in range(ring.num_ranges):
+            if self.server in ring.replicas(r):
+                self._add_ranges(self.replica, r)
+        self.deferred: list[Message] = []
+        self.awaiting: dict[int, _AwaitReplicas] = {}
+        self.snapshots_out: set[tuple[int, int, int]] = set()  # (rank, table, range)
+        self._next_repl = 0
+        self._promoted_version = -1  # ring version under which ranges were promoted
         self.requests = 0
         self.keys_served = 0
+        self.raw_sessions: list[Message] = []
         for op in (Op.PUSH, Op.PULL, Op.PUSHPULL):
             po.on(op, self.handle)
+        po.on(Op.REPL, self._replicate_in)
+        po.on(Op.REPL_ACK, self._replica_ack)
+        po.on(Op.SNAPSHOT, self._snapshot_in)
+        po.on(Op.SNAPSHOT_ACK, self._snapshot_ack)
         po.on(Op.RAW_BENCH, self._raw_bench)
+        po.ring_listeners.append(self.on_ring_change)
 
-    def store(self, table: str) -> SortedStore:
-        return self.stores[self.po.table_ids[table]]
+    # ---- stores ----------------------------------------------------------------
+    def _new_store(self, t: int) -> Any:
+        table = self.tables[t]
+        if table.store is not None:
+            return table.store(table)
+        return SortedStore(table.vdim, table.np_dtype, table.handle)
 
+    def _add_ranges(self, where: dict, r: int) -> None:
+        for t in range(len(self.tables)):
+            where[(t, r)] = self._new_store(t)
+        self.applied.setdefault(r, RecentRequests())
+
+    def stores(self, table: str) -> list[Any]:
+        """This server's primary stores of ``table``, in key order."""
+        t = self.po.table_ids[table]
+        return [self.primary[k] for k in sorted(self.primary) if k[0] == t]
+
+    def items(self, table: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """All (keys, values, state) of ``table`` this server owns, by key."""
+        stores = [s for s in self.stores(table) if len(s)]
+        t = self.tables[self.po.table_ids[table]]
+        if not stores:
+            return (np.empty(0, np.uint64), np.empty((0, t.vdim), t.np_dtype),
+                    {n: np.empty((0, t.vdim), t.np_dtype) for n in t.handle.state})
+        return (np.concatenate([s.keys for s in stores]),
+                np.concatenate([s.values for s in stores]),
+                {n: np.concatenate([s.state[n] for s in stores]) for n in t.handle.state})
+
+    @property
+    def num_keys(self) -> int:
+        return sum(len(s) for s in self.primary.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.primary.values()) + \
+            sum(s.nbytes for s in self.replica.values())
+
+    # ---- requests -----------------------------------------------------------------
     def handle(self, msg: Message) -> None:
+        if msg.ring_version > self.po.ring.version:
+            self.deferred.append(msg)  # the ring update is still on its way
+            return
         try:
-            self._check(msg)
+            pieces = self._check(msg)
         except ValueError as e:
             self.po.send(msg.sender, Message(op=Op.ERROR, table=msg.table, ts=msg.ts,
-                                             meta=str(e).encode()))
+                                             aux2=msg.aux2, meta=str(e).encode()))
             return
-        store = self.stores[msg.table]
-        keys = msg.keys
         self.requests += 1
-        self.keys_served += keys.size
-        if msg.op == Op.PUSH:
-            store.push(keys, msg.vals, msg.sender)
-            self.po.send(msg.sender, Message(op=Op.PUSH_ACK, table=msg.table, ts=msg.ts))
-        else:
-            if msg.op == Op.PULL:
-                vals = store.pull(keys, sender=msg.sender)
+        self.keys_served += msg.keys.size
+        t, keys, vals = msg.table, msg.keys, msg.vals
+        replicate = self.po.ring.replication > 0 and msg.op != Op.PULL
+        rows_out = [] if msg.op != Op.PUSH else None
+        self._next_repl += 1
+        held = _AwaitReplicas(self._next_repl, msg.sender, Message(
+            op=Op.PUSH_ACK if msg.op == Op.PUSH else Op.PULL_REPLY, table=t, ts=msg.ts,
+            aux2=msg.aux2, vdim=self.tables[t].vdim))
+        for r, a, b in pieces:
+            store = self.primary[(t, r)]
+            k = keys[a:b]
+            duplicate = replicate and (msg.sender, msg.ts) in self.applied[r]
+            if msg.op == Op.PULL or duplicate:
+                if rows_out is not None:
+                    rows_out.append(store.pull(k, sender=msg.sender))
+                continue
+            if msg.op == Op.PUSH:
+                store.push(k, vals[a:b], msg.sender)
             else:
-                vals = store.pushpull(keys, msg.vals, msg.sender)
-            self.po.send(msg.sender, Message(op=Op.PULL_REPLY, table=msg.table, ts=msg.ts,
-                                             keys=None, vals=vals, vdim=store.vdim))
+                rows_out.append(store.pushpull(k, vals[a:b], msg.sender))
+            if replicate:
+                self.applied[r].add(msg.sender, msg.ts)
+                self._forward(t, r, k, store, msg, held)
+        if rows_out is not None:
+            held.reply.vals = rows_out
+        if self._promoted_version == self.po.ring.version:
+            self._promoted_version = -1
+            self.po.event("first_served", ring_version=self.po.ring.version)
+        if held.waiting:
+            self.awaiting[held.id] = held
+        else:
+            self.po.send(held.reply_to, held.reply)
 
-    def _check(self, msg: Message) -> None:
-        if not 0 <= msg.table < len(self.stores):
+    def _check(self, msg: Message) -> list[tuple[int, int, int]]:
+        if not 0 <= msg.table < len(self.tables):
             raise ValueError(f"unknown table id {msg.table}")
         keys = msg.keys
-        ring = self.po.ring
-        if keys.size:
-            owners = ring.owners[np.searchsorted(ring.bounds, keys[[0, -1]], side="right") - 1]
-            if owners[0] != self.server or owners[1] != self.server:
-                raise ValueError(
-                    f"keys [{int(keys[0])}, {int(keys[-1])}] are not all in the ranges of "
-                    f"server {self.server} (ring version {ring.version})")
         if msg.op != Op.PULL:
-            vdim = self.stores[msg.table].vdim
+            vdim = self.tables[msg.table].vdim
             nvals = 0 if msg.vals is None else msg.vals.size
             if nvals != keys.size * vdim:
                 raise ValueError(f"{nvals} values for {keys.size} keys of vdim {vdim}")
+        if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
+            raise ValueError("keys must be sorted and unique")
+        starts, ranges = self.po.ring.slice(keys)
+        pieces = [(int(r), int(starts[j]), int(starts[j + 1])) for j, r in enumerate(ranges)]
+        for r, _, _ in pieces:
+            if (msg.table, r) not in self.primary:
+                lo, hi = self.po.ring.range_of(r)
+                raise ValueError(f"keys in range {r} [{lo:#x}, {hi:#x}) are not owned by "
+                                 f"server {self.server} (ring version {self.po.ring.version})")
+        return pieces
 
+    # ---- replication --------------------------------------------------------------
+    def _forward(self, t: int, r: int, keys: np.ndarray, store: Any, msg: Message,
+                 held: _AwaitReplicas) -> None:
+        rows = store.rows_with_state(keys)
+        meta = Message.jmeta([msg.sender, msg.ts])
+        for replica in self.po.ring.replicas(r):
+            rank = self.po.server_rank(replica)
+            if rank in self.po.van.dead:
+                continue
+            self.po.send(rank, Message(op=Op.REPL, table=t, aux=r, ts=held.id, keys=keys,
+                                       vals=rows, vdim=rows.shape[1], meta=meta))
+            held.waiting.add((rank, r))
+
+    def _replicate_in(self, msg: Message) -> None:
+        t, r = msg.table, msg.aux
+        store = self.replica.get((t, r))
+        if store is None:
+            store = self.replica[(t, r)] = self._new_store(t)
+            self.applied.setdefault(r, RecentRequests())
+        store.assign_rows(msg.keys, msg.vals)
+        sender, ts = msg.json()
+        self.applied[r].add(sender, ts)
+        self.po.send(msg.sender, Message(op=Op.REPL_ACK, ts=msg.ts, aux=r))
+
+    def _replica_ack(self, msg: Message) -> None:
+        held = self.awaiting.get(msg.ts)
+        if held is None:
+            return  # completed already: the replica was declared dead meanwhile
+        held.waiting.discard((msg.sender, msg.aux))
+        if not held.waiting:
+            del self.awaiting[msg.ts]
+            self.po.send(held.reply_to, held.reply)
+
+    # ---- ring changes: failover and repair -------------------------------------------
+    def on_ring_change(self, old: KeyRing, new: KeyRing) -> None:
+        me = self.server
+        promoted = []
+        for r in range(new.num_ranges):
+            if int(new.owners[r]) == me and int(old.owners[r]) != me:
+                for t in range(len(self.tables)):
+                    store = self.replica.pop((t, r), None)
+                    if store is None:
+                        raise RuntimeError(f"server {me} takes over range {r} but holds "
+                                           "no replica of it: its data is lost")
+                    self.primary[(t, r)] = store
+                promoted.append(r)
+        if promoted:
+            self._promoted_version = new.version
+        # Replies that waited for a replica that died are complete now, and
+        # snapshots to dead servers will never be acknowledged.
+        dead = {self.po.server_rank(s) for s in new.dead}
+        self.snapshots_out = {x for x in self.snapshots_out if x[0] not in dead}
+        for key, held in list(self.awaiting.items()):
+            held.waiting = {w for w in held.waiting if w[0] not in dead}
+            if not held.waiting:
+                del self.awaiting[key]
+                self.po.send(held.reply_to, held.reply)
+        self._repair(old, new, set(promoted))
+        still, self.deferred = self.deferred, []
+        for msg in still:
+            self.handle(msg)
+
+    def _repair(self, old: KeyRing, new: KeyRing, promoted: set[int]) -> None:
+        """Copy each owned range to the replicas that did not hold it (or to all
+        replicas of a range just taken over: the dead owner may have reached
+        some replicas and not others)."""
+        for r in range(new.num_ranges):
+            if int(new.owners[r]) != self.server:
+                continue
+            for replica in new.replicas(r):
+                if r not in promoted and replica in old.holders(r):
+                    continue
+                rank = self.po.server_rank(replica)
+                for t in range(len(self.tables)):
+                    store = self.primary[(t, r)]
+                    keys, rows = store.keys, store.rows_with_state(store.keys)
+                    self.po.send(rank, Message(
+                        op=Op.SNAPSHOT, table=t, aux=r, keys=keys, vals=rows,
+                        vdim=rows.shape[1], meta=Message.jmeta(self.applied[r].to_list())))
+                    self.snapshots_out.add((rank, t, r))
+        if not self.snapshots_out:
+            self._report_repaired()
+
+    def _snapshot_in(self, msg: Message) -> None:
+        t, r = msg.table, msg.aux
+        store = self._new_store(t)
+        store.assign_rows(msg.keys, msg.vals)
+        self.replica[(t, r)] = store
+        self.applied[r] = RecentRequests.from_list(msg.json())
+        self.po.send(msg.sender, Message(op=Op.SNAPSHOT_ACK, table=t, aux=r))
+
+    def _snapshot_ack(self, msg: Message) -> None:
+        self.snapshots_out.discard((msg.sender, msg.table, msg.aux))
+        if not self.snapshots_out:
+            self._report_repaired()
+
+    def _report_repaired(self) -> None:
+        self.po.send(self.po.layout.scheduler, Message(
+            op=Op.REPAIRED, aux=self.po.ring.version,
+            meta=Message.jmeta({"time": time.time(), "keys": self.num_keys})))
+
+    # ---- benchmarks -------------------------------------------------------------------
     def _raw_bench(self, msg: Message) -> None:
         """Benchmarks: once every worker asked, serve ``aux`` raw MPI exchanges
         with all of them at once (``aux2`` bytes in, meta bytes out each), so

@@ -141,6 +141,28 @@ class SortedStore:
             self.state[n][pos] = s
         return rows if want_rows else None
 
+    # ---- replication -------------------------------------------------------------
+    def rows_with_state(self, keys: np.ndarray) -> np.ndarray:
+        """Values and state of stored ``keys`` side by side, (n, vdim * (1 + states)):
+        what an owner sends its replicas."""
+        pos = np.searchsorted(self.keys, keys)
+        cols = [self.values[pos], *(s[pos] for s in self.state.values())]
+        return cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
+
+    def assign_rows(self, keys: np.ndarray, rows: np.ndarray | None) -> None:
+        """Set values and state of ``keys`` from ``rows_with_state`` output."""
+        if keys.size == 0:
+            return
+        pos, found = self.locate(keys)
+        if not found.all():
+            self._insert(keys, pos, found)
+            pos = np.searchsorted(self.keys, keys)
+        rows = rows.reshape(keys.size, -1)
+        v = self.vdim
+        self.values[pos] = rows[:, :v]
+        for i, s in enumerate(self.state.values()):
+            s[pos] = rows[:, v * (i + 1): v * (i + 2)]
+
     def _rows(self, pushed: np.ndarray, n: int) -> np.ndarray:
         pushed = np.asarray(pushed)
         if pushed.size != n * self.vdim:

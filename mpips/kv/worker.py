@@ -3,6 +3,12 @@
 Each call slices the keys by the ring (one ``searchsorted``), sends one
 message per server and returns a timestamp at once; ``wait(ts)`` serves
 messages until every server answered, and returns the pulled values.
+
+The arrays given to a request are sent without a copy and kept until the
+request is answered: do not change them before ``wait(ts)``. When a server
+dies and the ring changes, the parts of unanswered requests that went to it
+are sent again, with the same timestamp, to the new owners of their keys;
+servers that already applied them (as replicas) do not apply them twice.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ class KVError(RuntimeError):
 class _Pending:
     op: int
     keys: np.ndarray
+    vals: np.ndarray | None
     out: np.ndarray | None
-    # server rank -> [(start, stop), ...] positions of its segments in ``keys``
-    segments: dict[int, list[tuple[int, int]]]
-    waiting: set[int]
+    # part id -> (server rank, [(start, stop), ...] positions of its segments in keys)
+    parts: dict[int, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
+    waiting: set[int] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     error: str | None = None
 
@@ -47,6 +54,8 @@ class KVWorker:
         self._pending: dict[int, _Pending] = {}
         self.keys_sent = 0
         po.clients[self.table_id] = self._handle_reply
+        po.ring_listeners.append(self._resend)
+        self._next_part = 0
 
     # ---- requests ------------------------------------------------------------
     def push(self, keys: np.ndarray, vals: np.ndarray) -> int:
@@ -102,39 +111,62 @@ class KVWorker:
                                  f"{self.dtype}, got {out.shape} {out.dtype}")
         ts = KVWorker._next_ts
         KVWorker._next_ts += 1
-        segments: dict[int, list[tuple[int, int]]] = {}
-        for server, segs in self.po.ring.slice_by_server(keys).items():
-            rank = self.po.server_rank(server)
-            segments[rank] = [(a, b) for _, a, b in segs]
-            msg = Message(op=op, table=self.table_id, ts=ts,
-                          keys=[keys[a:b] for a, b in segments[rank]],
-                          vals=None if vals is None else [vals[a:b] for a, b in segments[rank]],
-                          vdim=self.vdim)
-            self.po.send(rank, msg)
-        self._pending[ts] = _Pending(op, keys, out, segments, set(segments))
+        pending = _Pending(op, keys, vals, out)
+        self._pending[ts] = pending
+        self._send_parts(ts, pending, [(0, n)])
         self.keys_sent += n
         return ts
 
+    def _send_parts(self, ts: int, pending: _Pending, spans: list[tuple[int, int]]) -> None:
+        """Send the keys in ``spans`` of a request to their owners, one message
+        per server, each part under an id of its own."""
+        by_server: dict[int, list[tuple[int, int]]] = {}
+        for lo, hi in spans:
+            for server, segs in self.po.ring.slice_by_server(pending.keys[lo:hi]).items():
+                by_server.setdefault(server, []).extend((lo + a, lo + b) for _, a, b in segs)
+        for server, segs in sorted(by_server.items()):
+            segs.sort()  # a message's keys must stay sorted: spans may come in any order
+            rank = self.po.server_rank(server)
+            part = self._next_part
+            self._next_part += 1
+            vals = pending.vals
+            self.po.send(rank, Message(
+                op=pending.op, table=self.table_id, ts=ts, aux2=part,
+                keys=[pending.keys[a:b] for a, b in segs],
+                vals=None if vals is None else [vals[a:b] for a, b in segs],
+                vdim=self.vdim))
+            pending.parts[part] = (rank, segs)
+            pending.waiting.add(part)
+
+    def _resend(self, old, new) -> None:
+        """After a failover: send again what dead servers left unanswered."""
+        dead = self.po.van.dead
+        for ts, pending in self._pending.items():
+            lost = [p for p in pending.waiting if pending.parts[p][0] in dead]
+            spans = [seg for p in lost for seg in pending.parts[p][1]]
+            pending.waiting.difference_update(lost)
+            if spans:
+                self._send_parts(ts, pending, spans)
+
     def _handle_reply(self, msg: Message) -> None:
         pending = self._pending.get(msg.ts)
-        if pending is None or msg.sender not in pending.waiting:
-            raise RuntimeError(f"unexpected {Op(msg.op).name} ts={msg.ts} from rank "
-                               f"{msg.sender} on table {self.table.name!r}")
+        if pending is None or msg.aux2 not in pending.waiting:
+            raise RuntimeError(f"unexpected {Op(msg.op).name} ts={msg.ts} part {msg.aux2} "
+                               f"from rank {msg.sender} on table {self.table.name!r}")
         if msg.op == Op.ERROR:
             pending.error = f"server rank {msg.sender}: {msg.meta.decode()}"
         elif msg.op == Op.PULL_REPLY:
             offset = 0
-            for a, b in pending.segments[msg.sender]:
+            for a, b in pending.parts[msg.aux2][1]:
                 pending.out[a:b] = msg.vals[offset: offset + b - a]
                 offset += b - a
-        pending.waiting.discard(msg.sender)
+        pending.waiting.discard(msg.aux2)
 
     def _describe(self, ts: int, pending: _Pending) -> str:
         parts = []
-        for rank in sorted(pending.waiting):
-            a = pending.segments[rank][0][0]
-            b = pending.segments[rank][-1][1]
-            lo, hi = int(pending.keys[a]), int(pending.keys[b - 1])
+        for part in sorted(pending.waiting):
+            rank, segs = pending.parts[part]
+            lo, hi = int(pending.keys[segs[0][0]]), int(pending.keys[segs[-1][1] - 1])
             parts.append(f"server rank {rank} ({self.po.layout.describe(rank)}) for keys "
                          f"[{lo:#x}, {hi:#x}]")
         return (f"{Op(pending.op).name} ts={ts} on table {self.table.name!r}: no reply from "

@@ -60,6 +60,15 @@ class Op(enum.IntEnum):
     ERROR = 28            # server -> worker: a request was refused (meta: why)
     TASK_REQ = 29         # worker -> scheduler: the next partition (meta: the one done)
     TASK = 30             # scheduler -> worker: a task (meta), or none left (empty)
+    PEER_FAILED = 31      # van -> self: rank ``aux`` is gone
+    HEARTBEAT = 32        # rank -> scheduler: alive
+    RING = 33             # scheduler -> all: new ring (aux = version, meta = dead servers)
+    REPL = 34             # owner -> replica: updated rows of a range (aux = range)
+    REPL_ACK = 35         # replica -> owner
+    SNAPSHOT = 36         # owner -> replica: a whole range (repair)
+    SNAPSHOT_ACK = 37     # replica -> owner
+    REPAIRED = 38         # server -> scheduler: its ranges have k copies again
+    EVENT = 39            # rank -> scheduler: a timestamped event for the log (meta)
     APP = 40              # app-defined control messages (aux says which)
 
 

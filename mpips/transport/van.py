@@ -10,6 +10,12 @@ This is the only module of mpips that talks to MPI.
   ``Mrecv`` into a fresh uint8 array that :func:`decode` views without copies.
 * Idle ranks wait by polling with short sleeps: Open MPI's blocking calls
   busy-poll, which starves busy ranks when ranks outnumber cores.
+* Failures: under an MPI with ULFM (Open MPI 5 started with
+  ``mpiexec --with-ft ulfm``) a dead rank makes MPI calls fail with
+  MPI_ERR_PROC_FAILED. The van acknowledges the failure, names the dead
+  ranks (``Get_failed``), and hands the layers above one PEER_FAILED message
+  per dead rank, as if the rank had said so itself. Messages to and from a
+  dead rank are dropped from then on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +35,18 @@ TAG_DATA = 1
 TAG_RAW = 2
 # Below this many bytes a copy into one buffer is cheaper than a datatype.
 GATHER_MIN_BYTES = 1 << 16
+
+
+_FAILURE_CLASSES = {getattr(MPI, name) for name in
+                    ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
+                    if hasattr(MPI, name)}
+
+
+def ulfm_enabled() -> bool:
+    """True when failed ranks leave the others running (Open MPI's ULFM,
+    ``mpiexec --with-ft ulfm``): then mpips recovers from failures in place."""
+    return (os.environ.get("OMPI_MCA_mpi_ft_enable", "0") not in ("0", "")
+            and hasattr(MPI.Comm, "Ack_failed"))
 
 
 class TransportTimeout(TimeoutError):
@@ -42,8 +61,11 @@ class Van:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.idle_sleep = idle_sleep
-        self._sends: list[tuple[MPI.Request, object, MPI.Datatype | None]] = []
+        self._sends: list[tuple[MPI.Request, object, MPI.Datatype | None, int]] = []
         self._status = MPI.Status()
+        self.fault_tolerant = ulfm_enabled()
+        self.dead: set[int] = set()
+        self._events: deque[Message] = deque()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.messages_sent = 0
@@ -53,28 +75,43 @@ class Van:
     def send(self, dest: int, msg: Message) -> None:
         """Start sending ``msg`` to ``dest``; completes in the background."""
         msg.sender = self.rank
+        if dest in self.dead:
+            return  # the rank is gone; the layers above resend elsewhere
         parts = encode(msg)
         total = sum(p.nbytes for p in parts)
         if total < GATHER_MIN_BYTES or len(parts) == 1:
             buf = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            req = self.comm.Isend([buf, MPI.BYTE], dest, TAG_DATA)
-            self._sends.append((req, buf, None))
+            req = self._isend([buf, MPI.BYTE], dest)
+            self._sends.append((req, buf, None, dest))
         else:
             addrs = [MPI.Get_address(p) for p in parts]
             dtype = MPI.Datatype.Create_struct(
                 [p.nbytes for p in parts], addrs, [MPI.BYTE] * len(parts)).Commit()
-            req = self.comm.Isend([MPI.BOTTOM, 1, dtype], dest, TAG_DATA)
-            self._sends.append((req, parts, dtype))
+            req = self._isend([MPI.BOTTOM, 1, dtype], dest)
+            self._sends.append((req, parts, dtype, dest))
         self.bytes_sent += total
         self.messages_sent += 1
         if len(self._sends) > 64:
             self.progress()
 
+    def _isend(self, buf: list, dest: int) -> MPI.Request:
+        try:
+            return self.comm.Isend(buf, dest, TAG_DATA)
+        except MPI.Exception as e:
+            self._failure(e)
+            return MPI.REQUEST_NULL
+
     def progress(self) -> None:
         """Release the buffers of completed sends."""
         if not self._sends:
             return
-        done = MPI.Request.Testsome([s[0] for s in self._sends])
+        try:
+            done = MPI.Request.Testsome([s[0] for s in self._sends])
+        except MPI.Exception as e:
+            # ERR_IN_STATUS: some send failed; find which one by one.
+            if e.Get_error_class() != MPI.ERR_IN_STATUS:
+                self._failure(e)
+            done = self._test_one_by_one()
         if done:
             finished = set(done)
             for i in done:
@@ -82,6 +119,41 @@ class Van:
                 if dtype is not None:
                     dtype.Free()
             self._sends = [s for i, s in enumerate(self._sends) if i not in finished]
+
+    def _test_one_by_one(self) -> list[int]:
+        """After a failure: sends that completed or can never complete."""
+        done = []
+        for i, (req, _, _, dest) in enumerate(self._sends):
+            if dest in self.dead:
+                done.append(i)
+                continue
+            try:
+                if req.Test():
+                    done.append(i)
+            except MPI.Exception as e:
+                self._failure(e)
+                done.append(i)
+        return done
+
+    # ---- failures ------------------------------------------------------------
+    def _failure(self, e: MPI.Exception) -> None:
+        """Turn an MPI process-failure error into PEER_FAILED events."""
+        if not self.fault_tolerant or e.Get_error_class() not in _FAILURE_CLASSES:
+            raise e
+        self.comm.Ack_failed()
+        group = self.comm.Get_failed()
+        n = group.Get_size()
+        ranks = MPI.Group.Translate_ranks(group, list(range(n)), self.comm.Get_group())
+        group.Free()
+        for rank in ranks:
+            self.mark_dead(rank)
+
+    def mark_dead(self, rank: int) -> None:
+        """Treat ``rank`` as gone (failed, or silent past the heartbeat timeout)."""
+        if rank in self.dead or rank == self.rank:
+            return
+        self.dead.add(rank)
+        self._events.append(Message(op=Op.PEER_FAILED, sender=rank, aux=rank))
 
     def flush(self, timeout: float) -> bool:
         """Wait (politely) until all sends completed; False on timeout."""
@@ -96,14 +168,26 @@ class Van:
 
     # ---- receiving ---------------------------------------------------------
     def poll(self) -> Message | None:
-        """Receive one waiting message, or None."""
-        mprobe = self.comm.Improbe(MPI.ANY_SOURCE, TAG_DATA, self._status)
+        """Receive one waiting message (or failure event), or None."""
+        if self._events:
+            return self._events.popleft()
+        try:
+            mprobe = self.comm.Improbe(MPI.ANY_SOURCE, TAG_DATA, self._status)
+        except MPI.Exception as e:
+            self._failure(e)
+            return self._events.popleft() if self._events else None
         if mprobe is None:
             self.progress()
             return None
         source = self._status.Get_source()
         buf = np.empty(self._status.Get_count(MPI.BYTE), dtype=np.uint8)
-        mprobe.Recv([buf, MPI.BYTE])
+        try:
+            mprobe.Recv([buf, MPI.BYTE])
+        except MPI.Exception as e:
+            self._failure(e)
+            return self._events.popleft() if self._events else None
+        if source in self.dead:
+            return None  # a late message from a rank declared gone
         self.bytes_received += buf.size
         self.messages_received += 1
         return decode(buf, source)
@@ -185,13 +269,20 @@ class Van:
         self.flush(grace)
 
     def finalize_and_exit(self, code: int) -> None:
-        """End the process without risking a hang in MPI_Finalize."""
+        """End the process without risking a hang in MPI_Finalize.
+
+        After a failure under ULFM, MPI_Finalize can hang: the survivors meet
+        on a shrunken communicator instead and leave with ``os._exit``.
+        """
         self.flush(2.0)
         sys.stdout.flush()
         sys.stderr.flush()
         if code == 0:
             try:
-                MPI.Finalize()
+                if self.dead:
+                    self.comm.Shrink().Barrier()
+                else:
+                    MPI.Finalize()
             except MPI.Exception:
                 pass
         os._exit(code)

@@ -8,11 +8,15 @@ Modes:
           Also: pushpull results lie between the worker's own count and the
           final count, empty key lists work, keys 0 and 2**64-1 work, unsorted
           and duplicate keys are rejected. Any mismatch raises: the job fails.
+          With MPIPS_TEST_KILL="ROUND:RANK[+RANK...],..." worker 0 SIGKILLs those
+          server ranks when it reaches those rounds (under mpiexec --with-ft ulfm).
   raise   worker 1 raises after a few requests; the job must end at once.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -45,11 +49,41 @@ def expected_counts(nworkers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(allkeys, return_counts=True)
 
 
+def pid_of_rank(rank: int) -> int:
+    """The pid of another rank of this job, found through /proc (Linux)."""
+    mine = os.environ["PMIX_NAMESPACE"]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if env.get(b"PMIX_NAMESPACE") == mine.encode() and \
+                env.get(b"OMPI_COMM_WORLD_RANK") == str(rank).encode():
+            return int(entry)
+    raise LookupError(f"no process for rank {rank}")
+
+
+def kill_plan() -> dict[int, list[int]]:
+    plan: dict[int, list[int]] = {}
+    for item in filter(None, os.environ.get("MPIPS_TEST_KILL", "").split(",")):
+        when, ranks = item.split(":")
+        plan[int(when)] = [int(r) for r in ranks.split("+")]
+    return plan
+
+
 class CountsJob(App):
     name = "counts"
 
     def tables(self):
         return [Table("c", 1, "float32", Add()), Table("rows", 3, "float64", Add())]
+
+    def _kill(self, ranks: list[int]) -> None:
+        for rank in ranks:
+            os.kill(pid_of_rank(rank), signal.SIGKILL)
+            print(f"killed rank {rank} at {time.time():.6f}", flush=True)
 
     def run_worker(self, po):
         seed = self.cfg.job.seed
@@ -57,7 +91,12 @@ class CountsJob(App):
         mine = key_sets(po.worker_index(), seed)
         own: dict[int, int] = {}
         pending = []
+        plan = kill_plan()
         for i, keys in enumerate(mine):
+            if plan:
+                time.sleep(0.02)  # spread the run over the failure handling
+                if po.worker_index() == 0 and i in plan:
+                    self._kill(plan[i])
             ones = np.ones((keys.size, 1), np.float32)
             if i % 3 == 2:
                 got = c.wait(c.pushpull(keys, ones))[:, 0]
@@ -91,8 +130,9 @@ class CountsJob(App):
         got = c.wait(c.pull(keys))[:, 0]
         if not np.array_equal(got, counts.astype(np.float32)):
             bad = np.flatnonzero(got != counts)
-            raise AssertionError(f"{bad.size} keys have wrong counts, e.g. key {keys[bad[0]]}: "
-                                 f"{got[bad[0]]} != {counts[bad[0]]}")
+            ranges = np.unique(po.ring.slice(keys[bad])[1]).tolist()
+            raise AssertionError(f"{bad.size} keys in ranges {ranges} have wrong counts, "
+                                 f"e.g. key {keys[bad[0]]}: {got[bad[0]]} != {counts[bad[0]]}")
         got3 = rows.wait(rows.pull(keys))
         want3 = counts[:, None] * np.array([1.0, 2.0, -1.0])
         if not np.array_equal(got3, want3):
@@ -122,7 +162,13 @@ class QueueJob(App):
     def run_worker(self, po):
         c = KVWorker(po, "c")
         task, taken = po.next_task(), 0
+        # MPIPS_TEST_KILL_WORKER="I:N": worker I dies (SIGKILL) holding its N+1-th task.
+        victim, after = (int(v) for v in os.environ.get("MPIPS_TEST_KILL_WORKER", "-1:0")
+                         .split(":"))
         while task is not None:
+            if po.worker_index() == victim and taken == after:
+                print(f"worker {victim} dies holding a task", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
             c.wait(c.push(np.array([task["partition"]], np.uint64), np.ones(1, np.float32)))
             if po.worker_index() == 0:
                 time.sleep(0.01)  # a slower worker takes fewer partitions
@@ -146,12 +192,18 @@ class RaiseJob(App):
     def tables(self):
         return [Table("c", 1, "float32", Add())]
 
+    def on_server_start(self, po, server):
+        if os.environ.get("MPIPS_TEST_SERVER_DIES") and server.server == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def run_worker(self, po):
+        if os.environ.get("MPIPS_TEST_HANG") and po.worker_index() == 0:
+            time.sleep(3600)  # hangs without dying: only heartbeats can tell
         c = KVWorker(po, "c")
         keys = np.sort(mix64(np.arange(1000, dtype=np.uint64)))
         for i in range(10**6):
             c.wait(c.push(keys, np.ones(keys.size, np.float32)))
-            if po.worker_index() == 1 and i == 20:
+            if po.worker_index() == 1 and i == 20 and not os.environ.get("MPIPS_TEST_HANG"):
                 raise RuntimeError("injected failure in the test job")
             time.sleep(0.001)
         return {}
