@@ -11,9 +11,10 @@ import importlib
 import os
 import sys
 
-from . import __version__, config
+from . import __version__, checkpoint, config  # noqa: F401 - checkpoint declares its section
 
-APPS = {"linear": "mpips.apps.linear:LinearApp"}
+APPS = {"linear": "mpips.apps.linear:LinearApp",
+        "sketch": "mpips.apps.sketch:SketchApp"}
 
 
 def launch_rank() -> int:
@@ -48,6 +49,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides)
     if args.servers is not None:
         extra.append(f"layout.servers={args.servers}")
+    if getattr(args, "resume", False):
+        extra.append("checkpoint.resume=true")
     return extra
 
 
@@ -80,6 +83,11 @@ def cmd_bench_kv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from .apps.sketch_query import cli_query
+    return cli_query(args)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(config.describe())
     return 0
@@ -98,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
                        description="Train the job file's [job] app. Example: mpiexec -n 4 "
                                    "python -m mpips train jobs/demo.toml -o job.output=runs/d")
     t.add_argument("job", help="job file (TOML)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint ([checkpoint] dir)")
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -115,6 +125,15 @@ def parser() -> argparse.ArgumentParser:
     kv.add_argument("--json", help="append JSON lines of the results to this file")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
+
+    q = sub.add_parser("query", help="ask a running or finished sketch job",
+                       description="Point estimates and heavy hitters of a count-min "
+                                   "sketch job (app 'sketch'), running or finished. Example: "
+                                   "python -m mpips query --job-output runs/sketch --ids 1 2 "
+                                   "--top 10")
+    from .apps.sketch_query import add_query_arguments
+    add_query_arguments(q)
+    q.set_defaults(func=cmd_query)
 
     c = sub.add_parser("config", help="list every job file section and key with defaults")
     c.set_defaults(func=cmd_config)

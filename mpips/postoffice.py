@@ -33,6 +33,10 @@ class JobAborted(SystemExit):
     """Another rank failed; this one leaves quietly."""
 
 
+class JobPreempted(Exception):
+    """The scheduler wrote a checkpoint on a signal and stops the job."""
+
+
 class Postoffice:
     """Per-rank runtime: van, layout, ring, tables and message routing."""
 
@@ -55,6 +59,8 @@ class Postoffice:
         self.ring_listeners: list[Callable[[KeyRing, KeyRing], None]] = []
         self.observers: list[Handler] = []  # see every message (the scheduler's watch)
         self.heartbeat_interval = cfg.transport.heartbeat_interval
+        self.kv_workers: list[Any] = []  # their pushes are flushed at task boundaries
+        self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
         self._last_heartbeat = time.monotonic()
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
@@ -123,6 +129,8 @@ class Postoffice:
             observe(msg)
         if msg.op == Op.ABORT:
             raise JobAborted(1)
+        if msg.op == Op.PREEMPT:
+            raise JobPreempted()
         if msg.op == Op.RELEASE:
             self._barrier_passed.add((msg.flags, msg.aux))
             return
@@ -194,6 +202,8 @@ class Postoffice:
         """Report ``done`` (a task this worker finished) and take the next one
         from the scheduler's work queue: ``{"epoch", "partition", "path",
         "attempt"}``, or None when every epoch is done."""
+        for kv in self.kv_workers:
+            kv.wait_all()  # a task boundary: every push of the task is acknowledged
         reply: list[Message] = []
         self.on(Op.TASK, reply.append)
         self.send(self.layout.scheduler,

@@ -3,12 +3,14 @@ end the whole job cleanly, or with one clear message when a rank fails."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
+from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
 from .apps.base import App
 from .config import Config
 from .kv.server import KVServer
-from .postoffice import Postoffice
+from .postoffice import ALL, JobPreempted, Postoffice
 from .scheduler import Scheduler
 from .transport import Message, Op, Van
 
@@ -25,6 +27,7 @@ def run(cfg: Config, app: App) -> None:
             print(f"mpips: {type(e).__name__}: {e}", flush=True)
         van.finalize_and_exit(1)
         return
+    _signals(po)
     try:
         if po.is_scheduler:
             Scheduler(po, app).run()
@@ -32,14 +35,37 @@ def run(cfg: Config, app: App) -> None:
             _serve(po, app)
         else:
             _work(po, app)
+    except JobPreempted:
+        van.finalize_and_exit(0)
     except BaseException as e:  # noqa: BLE001 - any failure ends the job loudly
         po.fail(e)
     van.finalize_and_exit(0)
 
 
+def _signals(po: Postoffice) -> None:
+    """SIGUSR1 / SIGTERM (Slurm before a time limit, preemption): the scheduler
+    writes a checkpoint and stops the job; the other ranks wait for it."""
+    def request_stop(signum, frame):
+        po.stop_requested = signal.Signals(signum).name
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, request_stop if po.is_scheduler else signal.SIG_IGN)
+
+
 def _serve(po: Postoffice, app: App) -> None:
     server = KVServer(po)
     app.on_server_start(po, server)
+    if po.cfg.checkpoint.resume:
+        loaded = False
+
+        def on_loaded(msg: Message) -> None:
+            nonlocal loaded
+            server._resume(msg)
+            loaded = True
+
+        po.on(Op.RESUME, on_loaded)
+        po.wait_until(lambda: loaded, lambda: "RESUME from the scheduler (rank 0)")
+    po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
     stopped = False
 
     def stop(msg: Message) -> None:
@@ -62,6 +88,7 @@ def _work(po: Postoffice, app: App) -> None:
         stopped = True
 
     po.on(Op.STOP, stop)
+    po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
     result = app.run_worker(po)
     po.send(po.layout.scheduler, Message(op=Op.DONE, meta=Message.jmeta(result or {})))
     # Wait for the end of the job here, politely, rather than spin in MPI_Finalize.

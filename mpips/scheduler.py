@@ -19,9 +19,10 @@ import sys
 import time
 from typing import Any
 
+from . import checkpoint as ckpt
 from .apps.base import App
 from .layout import SERVER, WORKER
-from .postoffice import ALL, Postoffice
+from .postoffice import ALL, JobPreempted, Postoffice
 from .ring import RingError
 from .transport import Message, Op
 
@@ -58,6 +59,17 @@ class Scheduler:
         self.waiting_for_task: list[int] = []
         self.repairing: set[int] = set()
         self._last_check = 0.0
+        # checkpoints: written at task boundaries, with every worker paused
+        po.on(Op.CHECKPOINTED, self._checkpointed)
+        po.on(Op.LOADED, self._loaded)
+        self.ckpt_root = ckpt.checkpoint_dir(po.cfg)
+        self.ckpt_next = 0
+        self.ckpt_tasks_at = 0
+        self.ckpt_time_at = time.monotonic()
+        self.pausing = False        # no tasks handed out: a checkpoint is coming
+        self.ckpt_files: dict[int, dict[str, Any]] | None = None  # writing: rank -> entry
+        self.preempt_after = False  # stop the job once the checkpoint is written
+        self.loaded: set[int] = set()
 
     # ---- the run ----------------------------------------------------------------
     def run(self) -> None:
@@ -70,12 +82,15 @@ class Scheduler:
               f"host(s): 1 scheduler, {len(layout.servers)} servers, {len(layout.workers)} "
               f"workers; ring of {po.ring.num_ranges} ranges, replication "
               f"{po.ring.replication}; {ft}; {po.van.library()}", flush=True)
+        if po.cfg.checkpoint.resume:
+            self._resume()
         next_line = t0 + self.interval
 
         def tick() -> bool:
             nonlocal next_line
             now = time.monotonic()
             self._check_heartbeats(now)
+            self._maybe_checkpoint(now)
             if now < next_line:
                 return self._all_done()
             if self.counters:
@@ -84,7 +99,9 @@ class Scheduler:
             return True
 
         def watch() -> None:
-            self._check_heartbeats(time.monotonic())
+            now = time.monotonic()
+            self._check_heartbeats(now)
+            self._maybe_checkpoint(now)
 
         while not self._all_done():
             po.wait_until(tick, lambda: "", timeout=float("inf"), idle=watch)
@@ -153,6 +170,9 @@ class Scheduler:
         self._hand_out_tasks()
 
     def _hand_out_tasks(self) -> None:
+        if self.pausing:
+            self._maybe_checkpoint(time.monotonic())
+            return
         # A done report may open the next epoch for workers already waiting.
         still = []
         for w in self._live(self.waiting_for_task):
@@ -248,6 +268,95 @@ class Scheduler:
         po.event("ring", ring_version=ring.version, dead_servers=sorted(ring.dead))
         print(f"mpips: ring version {ring.version}: the ranges of {who} moved to their "
               "first live successors", flush=True)
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _maybe_checkpoint(self, now: float) -> None:
+        """Pause task hand-out when a checkpoint is due; write it once every
+        live worker waits at a task boundary (all its pushes acknowledged)."""
+        cfg = self.po.cfg.checkpoint
+        if self.po.stop_requested and not self.preempt_after:
+            self.preempt_after = True
+            print(f"mpips: {self.po.stop_requested}: writing a checkpoint, then stopping",
+                  flush=True)
+            if self.queue is None:
+                self._preempt("no work queue, so no checkpoint was written")
+        if self.queue is None or self.ckpt_files is not None:
+            return
+        if not self.pausing:
+            done = self.queue.tasks_done
+            due = (cfg.every_tasks and done - self.ckpt_tasks_at >= cfg.every_tasks) or \
+                (cfg.every_seconds and now - self.ckpt_time_at >= cfg.every_seconds)
+            if not (due or self.preempt_after) or self.queue.finished:
+                return
+            self.pausing = True
+        quiet = all(w in self.waiting_for_task or w in self.done
+                    for w in self._live(self.po.layout.workers))
+        if quiet:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        self.ckpt_files = {}
+        for rank in self._live(self.po.layout.servers):
+            self.po.send(rank, Message(op=Op.CHECKPOINT, aux=self.ckpt_next,
+                                       meta=str(self.ckpt_root).encode()))
+
+    def _checkpointed(self, msg: Message) -> None:
+        self.ckpt_files[msg.sender] = msg.json()
+        if not all(r in self.ckpt_files for r in self._live(self.po.layout.servers)):
+            return
+        po, ring = self.po, self.po.ring
+        manifest = {
+            "time": time.time(), "files": list(self.ckpt_files.values()),
+            "tables": [{"name": t.name, "vdim": t.vdim, "dtype": t.dtype,
+                        "state": list(t.handle.state)} for t in po.tables],
+            "ring": {"servers": ring.servers, "virtual_servers": ring.virtual_servers,
+                     "replication": ring.replication},
+            "queue": self.queue.snapshot(), "app": self.app.checkpoint_state(),
+            "config": po.cfg.as_dict()}
+        where = ckpt.write_manifest(self.ckpt_root, self.ckpt_next, manifest,
+                                    po.cfg.checkpoint.keep)
+        keys = sum(f["keys"] for f in manifest["files"])
+        print(f"mpips: checkpoint {self.ckpt_next} written: {keys} keys, "
+              f"{self.queue.tasks_done} tasks done, in {where}", flush=True)
+        po.event("checkpoint", id=self.ckpt_next, keys=keys)
+        self.ckpt_next += 1
+        self.ckpt_tasks_at = self.queue.tasks_done
+        self.ckpt_time_at = time.monotonic()
+        self.ckpt_files = None
+        self.pausing = False
+        if self.preempt_after:
+            self._preempt(f"checkpoint {self.ckpt_next - 1} is written; "
+                          "continue with train --resume")
+        self._hand_out_tasks()
+
+    def _preempt(self, why: str) -> None:
+        print(f"mpips: stopped on {self.po.stop_requested}: {why}", flush=True)
+        for r in range(1, self.po.van.size):
+            if r not in self.po.van.dead:
+                self.po.send(r, Message(op=Op.PREEMPT))
+        self._write_events()
+        raise JobPreempted()
+
+    def _resume(self) -> None:
+        po = self.po
+        manifest = ckpt.newest_complete(self.ckpt_root)
+        servers = self._live(po.layout.servers)
+        for rank in servers:
+            po.send(rank, Message(op=Op.RESUME, meta=Message.jmeta(manifest)))
+        po.wait_until(lambda: all(r in self.loaded for r in servers),
+                      lambda: "LOADED from servers " + ", ".join(
+                          str(r) for r in servers if r not in self.loaded))
+        if self.queue is not None:
+            self.queue.restore(manifest["queue"])
+            self.ckpt_tasks_at = self.queue.tasks_done
+        self.app.restore_state(manifest.get("app") or {})
+        self.ckpt_next = manifest["id"] + 1
+        print(f"mpips: resumed from checkpoint {manifest['id']} ({manifest['folder']}): "
+              f"{sum(f['keys'] for f in manifest['files'])} keys"
+              + (f", {self.queue.tasks_done} tasks done" if self.queue else ""), flush=True)
+
+    def _loaded(self, msg: Message) -> None:
+        self.loaded.add(msg.sender)
 
     def _write_events(self) -> None:
         if not self.events:

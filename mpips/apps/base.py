@@ -48,6 +48,13 @@ class App:
         """Rank 0's progress line from counters summed over workers."""
         return " ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items()))
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """On the scheduler: app state to keep in a checkpoint (JSON-able)."""
+        return {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """On the scheduler: continue from ``checkpoint_state`` output."""
+
     def finish(self, po: Postoffice, workers: list[dict[str, Any]],
                servers: list[dict[str, Any]], elapsed: float) -> None:
         """Called on the scheduler at the end with every rank's final results."""

@@ -118,6 +118,32 @@ class PartitionQueue:
         """Tasks not yet completed, over all epochs."""
         return int(self._completed.size - self._completed.sum())
 
+    def snapshot(self) -> dict:
+        """The queue's position, for a checkpoint taken while no task is held."""
+        if any(self._held.values()):
+            raise QueueError("a checkpoint needs every task reported first")
+        return {"completed": self._completed.tolist(), "handed": self._handed.tolist(),
+                "lost": self._lost.tolist(), "opened": self._opened,
+                "pending": [[t.epoch, t.partition, t.attempt] for t in self._pending]}
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`snapshot` output (same partitions and epochs)."""
+        completed = np.array(state["completed"], np.int64)
+        if completed.shape != self._completed.shape:
+            raise QueueError(f"the checkpoint's queue has {completed.shape[1]} partitions x "
+                             f"{completed.shape[0]} epochs; this job has "
+                             f"{len(self.partitions)} x {self.epochs}")
+        self._completed = completed
+        self._handed = np.array(state["handed"], np.int64)
+        self._lost = np.array(state["lost"], np.int64)
+        self._opened = int(state["opened"])
+        self._pending = deque(Task(e, p, self.partitions[p], a) for e, p, a in state["pending"])
+        self._held = {}
+
+    @property
+    def tasks_done(self) -> int:
+        return int(self._completed.sum())
+
     def check_exactly_once(self) -> None:
         """Raise unless every partition was completed exactly once per epoch and
         handed exactly once more than it was lost."""

@@ -102,6 +102,7 @@ class KVServer:
         po.on(Op.SNAPSHOT, self._snapshot_in)
         po.on(Op.SNAPSHOT_ACK, self._snapshot_ack)
         po.on(Op.RAW_BENCH, self._raw_bench)
+        po.on(Op.CHECKPOINT, self._checkpoint)
         po.ring_listeners.append(self.on_ring_change)
 
     # ---- stores ----------------------------------------------------------------
@@ -306,6 +307,32 @@ class KVServer:
         self.po.send(self.po.layout.scheduler, Message(
             op=Op.REPAIRED, aux=self.po.ring.version,
             meta=Message.jmeta({"time": time.time(), "keys": self.num_keys})))
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def _checkpoint(self, msg: Message) -> None:
+        """Write the ranges this server owns (workers are paused meanwhile)."""
+        from pathlib import Path
+
+        from ..checkpoint import write_shard
+        tables = {t.name: self.items(t.name) for t in self.tables}
+        entry = write_shard(Path(msg.meta.decode()), msg.aux, self.server, tables)
+        self.po.send(msg.sender, Message(op=Op.CHECKPOINTED, aux=msg.aux,
+                                         meta=Message.jmeta(entry)))
+
+    def _resume(self, msg: Message) -> None:
+        """Load this server's primary and replica ranges from a checkpoint."""
+        from ..checkpoint import load_ranges
+        manifest = msg.json()
+        loaded = 0
+        for where in (self.primary, self.replica):
+            for (t, r), store in where.items():
+                lo, hi = self.po.ring.range_of(r)
+                keys, values, state = load_ranges(manifest, self.tables[t].name, lo, hi)
+                cols = [values, *(state[n] for n in store.state)]
+                store.assign_rows(keys, np.concatenate(cols, axis=1) if len(cols) > 1
+                                  else values)
+                loaded += keys.size if where is self.primary else 0
+        self.po.send(msg.sender, Message(op=Op.LOADED, meta=Message.jmeta({"keys": loaded})))
 
     # ---- benchmarks -------------------------------------------------------------------
     def _raw_bench(self, msg: Message) -> None:

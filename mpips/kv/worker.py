@@ -55,6 +55,7 @@ class KVWorker:
         self.keys_sent = 0
         po.clients[self.table_id] = self._handle_reply
         po.ring_listeners.append(self._resend)
+        po.kv_workers.append(self)
         self._next_part = 0
 
     # ---- requests ------------------------------------------------------------

@@ -70,6 +70,11 @@ class Op(enum.IntEnum):
     REPAIRED = 38         # server -> scheduler: its ranges have k copies again
     EVENT = 39            # rank -> scheduler: a timestamped event for the log (meta)
     APP = 40              # app-defined control messages (aux says which)
+    CHECKPOINT = 41       # scheduler -> server: write your ranges (aux = id, meta = folder)
+    CHECKPOINTED = 42     # server -> scheduler: written (meta: the file's entry)
+    RESUME = 43           # scheduler -> server: load your ranges (meta: manifest)
+    LOADED = 44           # server -> scheduler
+    PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
 
 
 Buffer = np.ndarray | list[np.ndarray] | None

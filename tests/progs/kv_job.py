@@ -165,13 +165,18 @@ class QueueJob(App):
         # MPIPS_TEST_KILL_WORKER="I:N": worker I dies (SIGKILL) holding its N+1-th task.
         victim, after = (int(v) for v in os.environ.get("MPIPS_TEST_KILL_WORKER", "-1:0")
                          .split(":"))
+        die_after = int(os.environ.get("MPIPS_TEST_JOB_DIES_AFTER", "-1"))
         while task is not None:
+            if po.worker_index() == 1 and taken == die_after:
+                print("the whole job dies now", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)  # without ULFM: the job goes down
             if po.worker_index() == victim and taken == after:
                 print(f"worker {victim} dies holding a task", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             c.wait(c.push(np.array([task["partition"]], np.uint64), np.ones(1, np.float32)))
             if po.worker_index() == 0:
                 time.sleep(0.01)  # a slower worker takes fewer partitions
+            time.sleep(float(os.environ.get("MPIPS_TEST_TASK_SLEEP", "0")))
             taken += 1
             task = po.next_task(done=task)
         po.barrier(WORKERS)
@@ -182,8 +187,46 @@ class QueueJob(App):
         return {"taken": taken}
 
     def finish(self, po, workers, servers, elapsed):
+        if po.cfg.checkpoint.resume:
+            # the resumed run completes what the first left; counts are still exact
+            print(f"queue: {self.queue.tasks_done} tasks done after resume", flush=True)
+            return
         self.queue.check_exactly_once()
         print("queue: every partition exactly once per epoch", flush=True)
+
+
+class DetermJob(QueueJob):
+    """One worker trains AdaGrad weights task by task (gradients depend on the
+    pulled weights, so order matters) and writes the final weights: a run
+    interrupted and resumed from a checkpoint must end with the same bits."""
+
+    name = "determ"
+
+    def tables(self):
+        from mpips.kv import AdaGrad
+        return [Table("w", 4, "float32", AdaGrad(lr=0.3))]
+
+    def run_worker(self, po):
+        w = KVWorker(po, "w")
+        die_after = int(os.environ.get("MPIPS_TEST_JOB_DIES_AFTER", "-1"))
+        task, taken = po.next_task(), 0
+        while task is not None:
+            if taken == die_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            rng = np.random.default_rng([task["partition"], task["epoch"]])
+            keys = np.unique(rng.integers(0, 200, 50).astype(np.uint64))
+            cur = w.wait(w.pull(keys))
+            grad = np.tanh(cur - rng.normal(size=cur.shape)).astype(np.float32)
+            w.push(keys, grad)
+            taken += 1
+            task = po.next_task(done=task)
+        final = w.wait(w.pull(np.arange(200, dtype=np.uint64)))
+        os.makedirs(self.cfg.job.output, exist_ok=True)
+        np.save(os.path.join(self.cfg.job.output, "final.npy"), final)
+        return {}
+
+    def finish(self, po, workers, servers, elapsed):
+        pass
 
 
 class RaiseJob(App):
@@ -212,4 +255,5 @@ class RaiseJob(App):
 if __name__ == "__main__":
     mode, overrides = sys.argv[1], [a for a in sys.argv[2:] if a != "-o"]
     cfg = config.load(None, overrides)
-    run(cfg, {"counts": CountsJob, "raise": RaiseJob, "queue": QueueJob}[mode](cfg))
+    run(cfg, {"counts": CountsJob, "raise": RaiseJob, "queue": QueueJob,
+                    "determ": DetermJob}[mode](cfg))

@@ -1,0 +1,112 @@
+"""Checkpoint/restart: atomic shards and manifests, resume after the whole job
+died (also with another number of servers), corrupt checkpoints skipped, and
+SIGUSR1 (what Slurm sends before a time limit) writes a checkpoint and stops."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from mpips import checkpoint as ck
+from tests.mpitools import mpi_env, mpiexec_cmd, run_mpi
+
+QUEUE = ("python", "tests/progs/kv_job.py", "queue")
+
+
+def test_shards_manifest_verify_and_load(tmp_path):
+    keys = np.array([1, 5, 2**63, 2**64 - 1], np.uint64)
+    vals = np.arange(8, dtype=np.float32).reshape(4, 2)
+    acc = vals * 10
+    e0 = ck.write_shard(tmp_path, 0, 0, {"w": (keys[:2], vals[:2], {"acc": acc[:2]})})
+    e1 = ck.write_shard(tmp_path, 0, 1, {"w": (keys[2:], vals[2:], {"acc": acc[2:]})})
+    ck.write_manifest(tmp_path, 0, {"files": [e0, e1]}, keep=2)
+    m = ck.newest_complete(tmp_path)
+    k, v, st = ck.load_ranges(m, "w", 3, 2**64)  # cut across both shards
+    np.testing.assert_array_equal(k, keys[1:])
+    np.testing.assert_array_equal(v, vals[1:])
+    np.testing.assert_array_equal(st["acc"], acc[1:])
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_keep_prunes_and_corrupt_ones_are_skipped(tmp_path):
+    for i in range(4):
+        e = ck.write_shard(tmp_path, i, 0, {"w": (np.array([i], np.uint64),
+                                                  np.ones((1, 1), np.float32), {})})
+        ck.write_manifest(tmp_path, i, {"files": [e]}, keep=2)
+    assert ck.complete_ids(tmp_path) == [2, 3]
+    shard = ck.folder(tmp_path, 3) / "server-0.h5"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    said = []
+    m = ck.newest_complete(tmp_path, say=said.append)
+    assert m["id"] == 2 and "checksum mismatch" in said[0]
+    with open(ck.folder(tmp_path, 2) / "server-0.h5", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ck.CheckpointError, match="no complete checkpoint"):
+        ck.newest_complete(tmp_path, say=said.append)
+    assert "partial write" in said[-1]
+
+
+@pytest.mark.integration
+def test_resume_after_the_whole_job_died_with_more_servers(tmp_path):
+    os.environ["MPIPS_TEST_JOB_DIES_AFTER"] = "15"
+    try:
+        first = run_mpi(5, *QUEUE, "layout.servers=2", f"job.output={tmp_path}",
+                        "checkpoint.every_tasks=5", timeout=90)
+    finally:
+        del os.environ["MPIPS_TEST_JOB_DIES_AFTER"]
+    assert first.returncode != 0 and "the whole job dies now" in first.stdout
+    assert "checkpoint 1 written" in first.stdout
+    again = run_mpi(6, *QUEUE, "layout.servers=3", f"job.output={tmp_path}",
+                    "checkpoint.every_tasks=5", "checkpoint.resume=true", timeout=90)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert "resumed from checkpoint" in out
+    # QueueJob checks that every partition's key counts exactly one push per
+    # epoch: the resumed job neither repeated nor skipped a finished task.
+    assert "queue: 69 tasks done after resume" in out
+
+
+@pytest.mark.integration
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    args = ("python", "tests/progs/kv_job.py", "determ", "layout.servers=1")
+    straight = run_mpi(3, *args, f"job.output={tmp_path / 'a'}", timeout=90, check=True)
+    assert straight.returncode == 0
+    os.environ["MPIPS_TEST_JOB_DIES_AFTER"] = "30"
+    try:
+        run_mpi(3, *args, f"job.output={tmp_path / 'b'}", "checkpoint.every_tasks=7",
+                timeout=90)
+    finally:
+        del os.environ["MPIPS_TEST_JOB_DIES_AFTER"]
+    assert not (tmp_path / "b" / "final.npy").exists()
+    run_mpi(4, *args, "layout.servers=2", f"job.output={tmp_path / 'b'}",
+            "checkpoint.every_tasks=7", "checkpoint.resume=true", timeout=90, check=True)
+    a = np.load(tmp_path / "a" / "final.npy")
+    b = np.load(tmp_path / "b" / "final.npy")
+    assert np.abs(a).sum() > 0
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.integration
+def test_sigusr1_writes_a_checkpoint_and_stops(tmp_path):
+    env = mpi_env()
+    env["MPIPS_TEST_TASK_SLEEP"] = "0.1"
+    cmd = mpiexec_cmd(5, *QUEUE, "layout.servers=1", f"job.output={tmp_path}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        time.sleep(3)  # a few tasks in
+        proc.send_signal(signal.SIGUSR1)  # mpiexec forwards it to every rank
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "SIGUSR1: writing a checkpoint, then stopping" in out, out[-3000:]
+    assert "stopped on SIGUSR1: checkpoint 0 is written" in out
+    assert proc.returncode == 0
+    again = run_mpi(5, *QUEUE, "layout.servers=1", f"job.output={tmp_path}",
+                    "checkpoint.resume=true", timeout=90)
+    assert again.returncode == 0 and "resumed from checkpoint 0" in again.stdout
