@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Count-min sketch throughput: inserts/s for 1, 2 and 4 workers with 1 and 2
+# servers, every run's metrics appended to one JSON lines file, then a table.
+#
+#   jobs/bench_sketch.sh [RESULTS.jsonl] [train options: -o sketch.zipf_s=1.3 ...]
+#
+# The stream is the same total (sketch.zipf_items split over the workers), so
+# runs differ only in parallelism. Each line also gives where the time went:
+# worker seconds reading+hashing, aggregating, sending, waiting for acks, and
+# the servers' update seconds (summed over ranks). MPIEXEC / MPIEXEC_OPTS as in
+# jobs/sketch_stdin.sh; runs oversubscribe when ranks outnumber cores.
+set -euo pipefail
+out=runs/bench-sketch.jsonl
+if (($# > 0)) && [[ $1 != -* ]]; then out=$1; shift; fi
+mkdir -p "$(dirname "$out")"
+export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
+total=$(python -c "import tomllib; print(tomllib.load(open('jobs/sketch_bench.toml','rb'))['sketch']['zipf_items'])")
+run_dir=$(mktemp -d)
+for servers in 1 2; do
+    for workers in 1 2 4; do
+        np=$((1 + servers + workers))
+        # shellcheck disable=SC2086
+        timeout 600 "${MPIEXEC:-mpiexec}" ${MPIEXEC_OPTS:---oversubscribe} -n "$np" \
+            python -m mpips train jobs/sketch_bench.toml --servers "$servers" \
+            -o "sketch.zipf_items=$((total / workers))" -o "job.output=$run_dir/s$servers-w$workers" \
+            "$@" | grep '^sketch: [0-9]' || true
+        cat "$run_dir/s$servers-w$workers/metrics.jsonl" >>"$out"
+    done
+done
+rm -rf "$run_dir"
+python - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][-6:]
+print(f"{'servers':>7} {'workers':>7} {'inserts/s':>12} {'keys/insert':>11} {'read':>6} "
+      f"{'aggr':>6} {'push':>6} {'wait':>6} {'server':>6}  (seconds summed over ranks)")
+for r in rows:
+    print(f"{r['servers']:>7} {r['workers']:>7} {r['inserts_per_s']:>12.4g} "
+          f"{r['pushed_keys'] / r['inserts']:>11.3f} {r['t_read']:>6.2f} {r['t_aggregate']:>6.2f} "
+          f"{r['t_push']:>6.2f} {r['t_wait']:>6.2f} {r['server_update_seconds']:>6.2f}")
+PY
