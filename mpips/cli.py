@@ -60,10 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         app_name = config.peek(args.job, _overrides(args), "job", "app")
         app_cls = _load_app(app_name, args.job)
         cfg = config.load(args.job, _overrides(args))
+        app = app_cls(cfg)  # an app checks its data paths here: errors name key and file
     except config.ConfigError as e:
         return _fail(str(e))
     from .runtime import run
-    run(cfg, app_cls(cfg))
+    run(cfg, app)
     return 0
 
 
@@ -137,7 +138,43 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="list every job file section and key with defaults")
     c.set_defaults(func=cmd_config)
+    _linear_commands(sub)
     return p
+
+
+def _linear_commands(sub) -> None:
+    """predict / inspect / plot for linear models (mpips/apps/linear_tools.py)."""
+    def run(name):
+        def call(args):
+            from .apps import linear_tools
+            return getattr(linear_tools, name)(args)
+        return call
+
+    pr = sub.add_parser("predict", help="score a converted data set with a linear model",
+                        description="Write label, score (probability for the logistic loss, "
+                                    "else the margin) and margin per row, and print exact "
+                                    "test metrics. Alone or under mpiexec (ranks share the "
+                                    "rows). Example: python -m mpips predict --model "
+                                    "runs/news20/model.h5 --data data/news20-test --out p.tsv")
+    pr.add_argument("--model", required=True, help="model.h5 written by a linear job")
+    pr.add_argument("--data", required=True, help="converted data folder (manifest.json)")
+    pr.add_argument("--out", required=True, help="output TSV: label, score, margin")
+    pr.add_argument("--metrics", help="also write the metrics as JSON here")
+    pr.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time")
+    pr.set_defaults(func=run("cmd_predict"))
+    ins = sub.add_parser("inspect", help="summarise a linear model file",
+                         description="Keys, nonzero weights, norms, bias and the top "
+                                     "features of model.h5.")
+    ins.add_argument("model")
+    ins.add_argument("--top", type=int, default=10, help="features to list")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.set_defaults(func=run("cmd_inspect"))
+    pl = sub.add_parser("plot", help="loss and AUC curves from metrics.jsonl (matplotlib)",
+                        description="Example: python -m mpips plot runs/news20/metrics.jsonl "
+                                    "-o curves.png (several files: one curve each)")
+    pl.add_argument("metrics", nargs="+", help="metrics.jsonl file(s)")
+    pl.add_argument("-o", "--out", required=True, help="PNG to write")
+    pl.set_defaults(func=run("cmd_plot"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,127 @@
+"""Linear models under mpiexec: planted-model recovery, 1 vs 2 workers, predict
+reproducing the logged metrics, and the done criteria on adult and news20."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.mpitools import ROOT, run_mpi, run_py, shared_file
+
+pytestmark = pytest.mark.integration
+
+
+def train(tmp: Path, job: str, *overrides: str, n: int = 4, name: str = "run") -> Path:
+    out = tmp / name
+    proc = run_mpi(n, "python", "-m", "mpips", "train", job, "-o", f"job.output={out}",
+                   *[a for o in overrides for a in ("-o", o)], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "test AUC" in proc.stdout and "ETA" in proc.stdout or "epoch" in proc.stdout
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
+
+
+@pytest.fixture(scope="module")
+def ctr(tmp_path_factory) -> Path:
+    """A small planted CTR set cut into train (4 partitions) and test (1)."""
+    base = tmp_path_factory.mktemp("ctr")
+    proc = run_py("-m", "data_tools", "synth", "ctr", "--rows", "100000", "--fields", "8",
+                  "--vocab", "2000", "--seed", "3", "--rows-per-partition", "20000",
+                  "--weight-scale", "1.0", "--density", "0.3", "--bias", "-1.0",
+                  "-o", str(base / "all"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_py("-m", "mpips.apps.linear_tools", "split", str(base / "all"),
+                  str(base / "train"), str(base / "test"), "--test-partitions", "1",
+                  timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return base
+
+
+def ctr_job(ctr: Path) -> list[str]:
+    return [f"data.train={ctr / 'train'}", f"data.test={ctr / 'test'}", "data.epochs=2",
+            "data.minibatch=200", "linear.data=partitions", "linear.algorithm=adagrad",
+            "linear.lr=0.1"]
+
+
+def test_planted_model_is_recovered_and_predict_reproduces_metrics(ctr, tmp_path):
+    out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
+                "linear.save_state=true")
+    lines = metrics(out)
+    tests = [m for m in lines if m["split"] == "test"]
+    assert [m["epoch"] for m in tests] == [1, 2]
+    for m in lines:  # the documented keys of every line
+        assert {"time", "epoch", "examples", "split"} <= set(m)
+    final = tests[-1]
+    assert final["final"] and {"logloss", "auc", "accuracy", "keys_per_s"} <= set(final)
+    with h5py.File(out / "model.h5") as h5:
+        keys, w = h5["keys"][:], h5["weights"][:]
+        assert json.loads(h5.attrs["config"])["linear"]["algorithm"] == "adagrad"
+        assert "state/acc" in h5
+    with h5py.File(ctr / "train" / "true_model.h5") as h5:
+        true_keys, true_w = h5["keys"][:], h5["weights"][:]
+    # Keys the data used: the learned model's (bias aside). True weight 0 where
+    # the planted model has none.
+    from mpips.apps.linear_model import BIAS_KEY
+    keep = keys != BIAS_KEY
+    keys, w = keys[keep], w[keep]
+    at = np.minimum(np.searchsorted(true_keys, keys), true_keys.size - 1)
+    truth = np.where(true_keys[at] == keys, true_w[at], 0.0)
+    corr = float(np.corrcoef(w, truth)[0, 1])
+    # The bound: with no signal, the correlation of n pairs is about N(0, 1/n);
+    # a learned model must be far above 6 standard deviations of that.
+    bound = 6.0 / np.sqrt(keys.size)
+    print(f"planted-model recovery: correlation {corr:.3f} over {keys.size} keys "
+          f"(chance bound {bound:.3f})")
+    assert corr > max(bound, 0.5)
+    # predict, without mpiexec, gives the metrics the job logged.
+    proc = run_py("-m", "mpips", "predict", "--model", str(out / "model.h5"), "--data",
+                  str(ctr / "test"), "--out", str(tmp_path / "p.tsv"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("logloss", "auc", "accuracy", "rows"):
+        assert got[key] == pytest.approx(final[key], abs=1e-6), key
+    assert len((tmp_path / "p.tsv").read_text().splitlines()) == final["rows"] + 1
+    proc = run_py("-m", "mpips", "inspect", str(out / "model.h5"), timeout=60)
+    assert proc.returncode == 0 and "nonzero weights" in proc.stdout
+
+
+def test_one_and_two_workers_agree(ctr, tmp_path):
+    finals = []
+    for n in (3, 4):  # 1 scheduler, 1 server, then 1 or 2 workers
+        out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
+                    "data.shuffle=false", n=n, name=f"n{n}")
+        finals.append(metrics(out)[-1])
+    one, two = finals
+    assert one["examples"] == two["examples"]
+    # Asynchronous updates in another order: close, not equal.
+    assert abs(one["auc"] - two["auc"]) < 0.01, (one["auc"], two["auc"])
+    assert abs(one["logloss"] - two["logloss"]) < 0.01
+
+
+def converted(tmp: Path, name: str, rows: int) -> Path:
+    out = tmp / name
+    proc = run_py("-m", "data_tools", "convert", str(shared_file(f"{name}.libsvm.gz")),
+                  "-o", str(out), "--rows-per-partition", str(rows), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("job,train_file,test_file,rows,key,target", [
+    ("adult", "adult.train", "adult.test", 4096, "accuracy", 0.850),
+    ("news20", "news20.binary.train", "news20.binary.test", 1500, "auc", 0.985)])
+def test_real_data_reaches_the_target(tmp_path, job, train_file, test_file, rows, key,
+                                      target):
+    train_dir = converted(tmp_path, train_file, rows)
+    test_dir = converted(tmp_path, test_file, rows)
+    out = train(tmp_path, str(ROOT / "jobs" / f"{job}.toml"), f"data.train={train_dir}",
+                f"data.test={test_dir}")
+    final = metrics(out)[-1]
+    print(f"{job}: test {key} {final[key]:.4f} (target {target})")
+    assert final[key] >= target
