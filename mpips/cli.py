@@ -84,6 +84,17 @@ def cmd_bench_kv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_failover(args: argparse.Namespace) -> int:
+    from .bench.failover import FailoverBench
+    try:
+        cfg = config.load(args.job, _overrides(args))
+    except config.ConfigError as e:
+        return _fail(str(e))
+    from .runtime import run
+    run(cfg, FailoverBench(cfg))
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from .apps.sketch_query import cli_query
     return cli_query(args)
@@ -126,6 +137,14 @@ def parser() -> argparse.ArgumentParser:
     kv.add_argument("--json", help="append JSON lines of the results to this file")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
+    fo = bsub.add_parser("failover", help="kill a server mid-run, time detection, failover "
+                         "and repair",
+                         description="Example: mpiexec --with-ft ulfm -n 6 python -m mpips "
+                                     "bench failover --servers 3 -o layout.replication=1 "
+                                     "(options: [failover] in python -m mpips config)")
+    fo.add_argument("job", nargs="?", help="optional job file")
+    _common(fo)
+    fo.set_defaults(func=cmd_bench_failover)
 
     q = sub.add_parser("query", help="ask a running or finished sketch job",
                        description="Point estimates and heavy hitters of a count-min "

@@ -60,10 +60,12 @@ class Postoffice:
         self.observers: list[Handler] = []  # see every message (the scheduler's watch)
         self.heartbeat_interval = cfg.transport.heartbeat_interval
         self.kv_workers: list[Any] = []  # their pushes are flushed at task boundaries
+        self.events: list[dict[str, Any]] = []  # the scheduler's event log
         self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
         self._last_heartbeat = time.monotonic()
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
+        self._workers_at_barrier: list[int] | None = None
         self.started = time.monotonic()
 
     # ---- identity ------------------------------------------------------------
@@ -94,8 +96,10 @@ class Postoffice:
         return len(self.layout.workers)
 
     def live_workers(self) -> list[int]:
-        """Ranks of the workers not known to be dead."""
-        return [r for r in self.layout.workers if r not in self.van.dead]
+        """Ranks of the workers alive at the last WORKERS barrier (the scheduler
+        says who passed it) and not known to be dead since."""
+        known = self._workers_at_barrier or self.layout.workers
+        return [r for r in known if r not in self.van.dead]
 
     # ---- messages --------------------------------------------------------------
     def send(self, dest: int, msg: Message) -> None:
@@ -133,6 +137,8 @@ class Postoffice:
             raise JobPreempted()
         if msg.op == Op.RELEASE:
             self._barrier_passed.add((msg.flags, msg.aux))
+            if msg.flags == WORKERS and msg.meta:
+                self._workers_at_barrier = msg.json()
             return
         if msg.op == Op.RING and not self.is_scheduler:
             self.set_ring(self.ring.without_all(msg.json(), msg.aux))

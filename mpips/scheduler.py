@@ -48,6 +48,7 @@ class Scheduler:
         self.stopped: dict[int, dict[str, Any]] = {}
         self.last_seen = {r: time.monotonic() for r in range(1, po.van.size)}
         self.events: list[dict[str, Any]] = []
+        po.events = self.events  # apps read them in finish (failover timings)
         for op, handler in ((Op.BARRIER, self._barrier), (Op.REPORT, self._report),
                             (Op.DONE, self._done), (Op.STOPPED, self._stopped),
                             (Op.TASK_REQ, self._task_request), (Op.HEARTBEAT, _ignore),
@@ -155,8 +156,10 @@ class Scheduler:
             members = (range(1, self.po.van.size) if group == ALL
                        else self.po.layout.workers)
             if all(r in ranks for r in self._live(members)):
+                live = Message.jmeta(self._live(members))  # who passed: the survivors
                 for r in self._live(ranks):
-                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=key[1]))
+                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=key[1],
+                                            meta=live))
                 del self.arrived[key]
 
     def _task_request(self, msg: Message) -> None:

@@ -71,3 +71,50 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the real data sets ship with CI, not with a clone)")
     return path
+
+
+def start_mpi(n: int, *args: str, ft: bool = False, env: dict[str, str] | None = None
+              ) -> subprocess.Popen:
+    """``mpiexec -n N args...`` in the background (the caller must time it out)."""
+    full = mpi_env()
+    full.update(env or {})
+    return subprocess.Popen(mpiexec_cmd(n, *args, ft=ft), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=full, cwd=ROOT)
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of ``rank`` among the children of ``launcher`` (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != launcher.pid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return int(entry)
+    raise LookupError(f"rank {rank} of mpiexec pid {launcher.pid} not found")
+
+
+def wait_for_output(launcher: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    """Read the launcher's output lines until one contains ``text``."""
+    import select
+    import time
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([launcher.stdout], [], [], 0.5)
+        if ready:
+            line = launcher.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if text in line:
+                return lines
+    launcher.kill()
+    pytest.fail(f"no line with {text!r} within {timeout} s:\n" + "".join(lines[-50:]))

@@ -102,3 +102,63 @@ def test_without_ulfm_the_job_says_recovery_is_checkpoint_restart(tmp_path):
                    timeout=60)
     assert proc.returncode == 0
     assert "no ULFM: recovery is checkpoint/restart only" in proc.stdout
+
+
+def test_bench_failover_times_detection_failover_and_repair(tmp_path):
+    out = tmp_path / "times.jsonl"
+    proc = run_mpi(6, "python", "-m", "mpips", "bench", "failover", "--servers", "3",
+                   "-o", "layout.replication=1", "-o", f"job.output={tmp_path}",
+                   "-o", "failover.requests=60", "-o", "failover.kill_after=20",
+                   "-o", "failover.keys=2000", "-o", f"failover.json={out}",
+                   ft=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "counters exact" in proc.stdout
+    rec = json.loads(out.read_text())
+    assert 0 < rec["detection_s"] <= rec["failover_s"] and rec["repair_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def news20(tmp_path_factory):
+    from tests.mpitools import run_py, shared_file
+    base = tmp_path_factory.mktemp("news20")
+    for name in ("news20.binary.train", "news20.binary.test"):
+        proc = run_py("-m", "data_tools", "convert", str(shared_file(f"{name}.libsvm.gz")),
+                      "-o", str(base / name), "--rows-per-partition", "1000", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    return base
+
+
+def lr_run(news20, out, kill_rank=None):
+    """news20 LR with 3 servers (k=1) and 3 workers; optionally SIGKILL a rank
+    once training is under way. Returns the final test AUC."""
+    import signal
+
+    from tests.mpitools import rank_pid, start_mpi, wait_for_output
+    proc = start_mpi(7, "python", "-m", "mpips", "train", "jobs/news20.toml",
+                     "--servers", "3", "-o", "layout.replication=1",
+                     "-o", f"data.train={news20 / 'news20.binary.train'}",
+                     "-o", f"data.test={news20 / 'news20.binary.test'}",
+                     "-o", f"job.output={out}", "-o", "job.progress_interval=0.2",
+                     "-o", "linear.report_interval=0.2", ft=True)
+    try:
+        lines = wait_for_output(proc, "examples", timeout=120)
+        if kill_rank is not None:
+            os.kill(rank_pid(proc, kill_rank), signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    text = "".join(lines) + rest
+    assert "test: " in text, text[-4000:]
+    final = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    return final["auc"], text
+
+
+def test_lr_survives_a_server_and_a_worker_killed_mid_epoch(news20, tmp_path):
+    base, _ = lr_run(news20, tmp_path / "base")
+    server_auc, text = lr_run(news20, tmp_path / "server", kill_rank=2)
+    assert "rank 2 (server 1) failed" in text and "survived the loss" in text
+    worker_auc, text = lr_run(news20, tmp_path / "worker", kill_rank=5)
+    assert "rank 5 (worker 1) failed" in text and "survived the loss" in text
+    print(f"news20 test AUC: no failure {base:.4f}, server killed {server_auc:.4f}, "
+          f"worker killed {worker_auc:.4f}")
+    assert abs(server_auc - base) <= 0.005 and abs(worker_auc - base) <= 0.005

@@ -383,12 +383,25 @@ class _Worker:
             epoch += 1
         # Every worker's pushes are in before anyone scores the final model.
         self.po.barrier(WORKERS)
+        self._survivors()
         if self.app.test_rows:
             self._score_round(last)
         self.po.barrier(WORKERS)  # every share of the last round is in
         self._reduce_ready_rounds(block=True)
         self.po.report(self.counters)
         return {"counters": self.counters, "evals": self.evals}
+
+    def _survivors(self) -> None:
+        """After a worker died, the survivors share the final scoring, and the
+        rounds the dead worker never completed are left out."""
+        live = self.po.live_workers()
+        if len(live) == self.workers:
+            return
+        if self.index == 0 and self.pending_rounds:
+            print(f"mpips: evaluation round(s) {self.pending_rounds} left out: "
+                  f"{self.workers - len(live)} worker(s) died", flush=True)
+        self.pending_rounds = []
+        self.index, self.workers = live.index(self.po.rank), len(live)
 
     def _tasks(self) -> Iterator[tuple[int, Iterator[Batch]]]:
         """(epoch, minibatches) of each piece of work: partitions from the
