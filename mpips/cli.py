@@ -71,10 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench_kv(args: argparse.Namespace) -> int:
     from .bench.kv import KVBench
     extra = _overrides(args)
-    for key in ("keys", "min_keys", "vdim", "repeat", "json"):
+    for key in ("keys", "min_keys", "vdim", "repeat", "json", "window", "keys_kind"):
         value = getattr(args, key)
         if value is not None:
-            extra.append(f"bench.{key}={value!r}" if key == "json" else f"bench.{key}={value}")
+            extra.append(f"bench.{key}={value!r}" if isinstance(value, str)
+                         else f"bench.{key}={value}")
     try:
         cfg = config.load(args.job, extra)
     except config.ConfigError as e:
@@ -135,8 +136,16 @@ def parser() -> argparse.ArgumentParser:
     kv.add_argument("--vdim", type=int, help="values per key (default 1)")
     kv.add_argument("--repeat", type=int, help="requests timed per op and size")
     kv.add_argument("--json", help="append JSON lines of the results to this file")
+    kv.add_argument("--window", type=int, help="requests in flight per worker (default 1)")
+    kv.add_argument("--keys-kind", dest="keys_kind", choices=("random", "dense"),
+                    help="random hashed keys (default) or dense consecutive ones")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
+    from .bench import store as bench_store
+    st = bsub.add_parser("store", help="one server's storage alone: inserts, lookups, "
+                         "bytes per parameter (no MPI)", description=bench_store.__doc__)
+    bench_store.add_arguments(st)
+    st.set_defaults(func=bench_store.run)
     fo = bsub.add_parser("failover", help="kill a server mid-run, time detection, failover "
                          "and repair",
                          description="Example: mpiexec --with-ft ulfm -n 6 python -m mpips "

@@ -7,6 +7,11 @@ R requests of each op, one at a time (send, then wait for every server's
 reply). Then, in the same run, they move the same bytes between the same
 ranks with plain MPI Isend/Irecv (no framing, no storage) and time that too.
 Throughput is summed over workers: total keys / slowest worker's time.
+With ``window`` W > 1 each worker keeps W requests in flight.
+
+For sizes up to ``naive_max_keys`` the same requests also go through a
+hand-written parameter server (pickled messages, a Python dict per server,
+a loop per key: :mod:`mpips.transport.naive`), and the speedup is printed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ section("bench", {
     "repeat": Option(int, 0, "requests timed per op and size; 0 picks about 2e7 keys' worth "
                      "(at least 3, at most 200)", lambda v: None if v >= 0 else "must be >= 0"),
     "json": Option(str, "", "append one JSON line per measurement to this file"),
+    "window": Option(int, 1, "requests a worker keeps in flight", positive),
+    "keys_kind": Option(str, "random", "random (hashed, sparse) or dense (consecutive) keys",
+                        choices=("random", "dense")),
+    "naive_max_keys": Option(int, 100_000, "largest request size also run through the "
+                             "hand-written pickled-dict server (0: never)",
+                             lambda v: None if v >= 0 else "must be >= 0"),
 })
 
 OPS = ("push", "pull", "pushpull")
@@ -70,36 +81,83 @@ class KVBench(App):
             return self.b.repeat
         return int(min(200, max(3, 2e7 // (nkeys * self.b.vdim))))
 
+    def on_server_start(self, po: Postoffice, server) -> None:
+        store: dict[int, object] = {}  # the naive server's dict, kept across sizes
+        asked: list[Message] = []
+
+        def naive(msg: Message) -> None:
+            asked.append(msg)
+            if len(asked) == po.num_workers:
+                po.van.naive_serve(sum(m.aux for m in asked), store)
+                asked.clear()
+
+        po.on(Op.NAIVE_BENCH, naive)
+
+    def _keys(self, nkeys: int, w: int, nw: int) -> np.ndarray:
+        ids = np.arange(nkeys, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
+        if self.b.keys_kind == "dense":
+            # Consecutive ids, one block per size: dense runs on each server.
+            return ids + np.uint64(nkeys * nw)
+        # Random sparse keys spread over the ring, disjoint between workers
+        # and between sizes: the servers look them up among all the keys
+        # stored so far, not in a run of their own.
+        return np.sort(hash_feature(ids, salt=nkeys))
+
     def run_worker(self, po: Postoffice) -> dict[str, Any]:
         kv = KVWorker(po, "bench")
         w, nw = po.worker_index(), po.num_workers
         rows = []
+        window = self.b.window
         for nkeys in request_sizes(self.b.min_keys, self.b.keys):
-            # Random sparse keys spread over the ring, disjoint between workers
-            # and between sizes: the servers look them up among all the keys
-            # stored so far, not in a run of their own.
-            ids = np.arange(nkeys, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
-            keys = np.sort(hash_feature(ids, salt=nkeys))
+            keys = self._keys(nkeys, w, nw)
             vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
-            out = np.empty_like(vals)
+            outs = [np.empty_like(vals) for _ in range(window)]
             kv.wait(kv.push(keys, vals))  # warm-up: the servers insert the keys
-            reps = self._repeat(nkeys)
+            reps = max(self._repeat(nkeys), window)
             for op in OPS:
                 po.barrier(WORKERS)
                 t = time.perf_counter()
-                for _ in range(reps):
+                inflight: list[int] = []
+                for i in range(reps):
+                    if len(inflight) == window:
+                        kv.wait(inflight.pop(0))
+                    out = outs[i % window]
                     if op == "push":
-                        kv.wait(kv.push(keys, vals))
+                        inflight.append(kv.push(keys, vals))
                     elif op == "pull":
-                        kv.wait(kv.pull(keys, out))
+                        inflight.append(kv.pull(keys, out))
                     else:
-                        kv.wait(kv.pushpull(keys, vals, out))
+                        inflight.append(kv.pushpull(keys, vals, out))
+                kv.wait_all()
                 kv_time = time.perf_counter() - t
                 po.barrier(WORKERS)
                 mpi_time = self._raw(po, keys, op, reps)
-                rows.append({"op": op, "keys": nkeys, "reps": reps, "kv_time": kv_time,
-                             "mpi_time": mpi_time})
+                row = {"op": op, "keys": nkeys, "reps": reps, "kv_time": kv_time,
+                       "mpi_time": mpi_time}
+                if nkeys <= self.b.naive_max_keys:
+                    po.barrier(WORKERS)
+                    row["naive_reps"] = nreps = max(1, min(reps, int(2e6 // nkeys)))
+                    row["naive_time"] = self._naive(po, keys, vals, op, nreps)
+                rows.append(row)
         return {"rows": rows}
+
+    def _naive(self, po: Postoffice, keys: np.ndarray, vals: np.ndarray, op: str,
+               reps: int) -> float:
+        """The same requests through the hand-written pickled-dict server."""
+        by_server = po.ring.slice_by_server(keys)
+        parts = []
+        for server, segs in sorted(by_server.items()):
+            a, b = segs[0][1], segs[-1][2]
+            parts.append((po.server_rank(server), keys[a:b],
+                          None if op == "pull" else vals[a:b]))
+        for server in range(len(po.layout.servers)):
+            po.send(po.server_rank(server), Message(
+                op=Op.NAIVE_BENCH, aux=reps * sum(p[0] == po.server_rank(server)
+                                                  for p in parts)))
+        t = time.perf_counter()
+        for _ in range(reps):
+            po.van.naive_request(op, parts)
+        return time.perf_counter() - t
 
     def _raw(self, po: Postoffice, keys: np.ndarray, op: str, reps: int) -> float:
         """Time the same bytes to and from the same servers with plain MPI."""
@@ -126,9 +184,11 @@ class KVBench(App):
         nw, ns = len(workers), len(servers)
         lines = []
         header = (f"{'op':9s} {'keys':>9s} {'reps':>5s} {'keys/s':>11s} {'kv GB/s':>8s} "
-                  f"{'MPI GB/s':>9s} {'kv/MPI':>7s}")
-        print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32; "
-              "one request in flight per worker; MPI = plain Isend/Irecv of the same bytes")
+                  f"{'MPI GB/s':>9s} {'kv/MPI':>7s} {'naive keys/s':>12s} {'x naive':>8s}")
+        print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32, "
+              f"{b.keys_kind} keys; {b.window} request(s) in flight per worker; MPI = "
+              "plain Isend/Irecv of the same bytes; naive = pickled messages and a dict "
+              "per server, same ranks")
         print(header)
         for i, row in enumerate(workers[0]["rows"]):
             same = [w["rows"][i] for w in workers]
@@ -142,10 +202,18 @@ class KVBench(App):
                    "keys_per_s": total_keys / kv_time, "bytes_per_s": moved / kv_time,
                    "mpi_bytes_per_s": moved / mpi_time}
             rec["ratio"] = rec["bytes_per_s"] / rec["mpi_bytes_per_s"]
+            rec.update(window=b.window, keys_kind=b.keys_kind)
+            naive = ""
+            if "naive_time" in row:
+                naive_time = max(r["naive_time"] for r in same)
+                rec["naive_keys_per_s"] = row["keys"] * row["naive_reps"] * nw / naive_time
+                rec["speedup_vs_naive"] = rec["keys_per_s"] / rec["naive_keys_per_s"]
+                naive = f" {rec['naive_keys_per_s']:12.4g} {rec['speedup_vs_naive']:8.1f}"
             lines.append(rec)
             print(f"{rec['op']:9s} {rec['keys']:9d} {rec['reps']:5d} "
                   f"{rec['keys_per_s']:11.4g} {rec['bytes_per_s'] / 1e9:8.3f} "
-                  f"{rec['mpi_bytes_per_s'] / 1e9:9.3f} {rec['ratio']:7.1%}", flush=True)
+                  f"{rec['mpi_bytes_per_s'] / 1e9:9.3f} {rec['ratio']:7.1%}{naive}",
+                  flush=True)
         if b.json:
             with open(b.json, "a") as f:
                 for rec in lines:

@@ -18,6 +18,21 @@ import numpy as np
 from .handles import Handle
 
 
+def _merge(old: np.ndarray, keep: np.ndarray, new_at: np.ndarray, new) -> np.ndarray:
+    """``old``'s rows where ``keep``, ``new`` at ``new_at``. Rows of several
+    columns move as opaque byte rows: far faster than a 2-d masked copy."""
+    out = np.empty((keep.size, *old.shape[1:]), dtype=old.dtype)
+    if old.ndim == 2:
+        row = np.dtype((np.void, old.shape[1] * old.itemsize))
+        flat_out = out.view(row).reshape(-1)
+        flat_out[keep] = np.ascontiguousarray(old).view(row).reshape(-1)
+        out[new_at] = new
+        return out
+    out[keep] = old
+    out[new_at] = new
+    return out
+
+
 class SortedStore:
     """Keys, values and per-key state of one table on one server."""
 
@@ -70,15 +85,24 @@ class SortedStore:
             return hit[1]
         return None
 
-    def _insert(self, keys: np.ndarray, pos: np.ndarray, found: np.ndarray) -> None:
+    def _insert(self, keys: np.ndarray, pos: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Merge the missing keys in (one pass over each array) and return the
+        slots of all ``keys`` afterwards."""
         self.version += 1
         missing = ~found
-        at = pos[missing]
-        self.keys = np.insert(self.keys, at, keys[missing])
-        init = np.full((at.size, self.vdim), self.handle.init, dtype=self.dtype)
-        self.values = np.insert(self.values, at, init, axis=0)
+        # Both sides are sorted: a key's slot moves by the number of new keys
+        # inserted before it, and a new key lands at its old position plus
+        # the number of new keys before it.
+        shift = np.cumsum(missing) - missing
+        slots = pos + shift
+        new_at = slots[missing]
+        keep = np.ones(self.keys.size + new_at.size, dtype=bool)
+        keep[new_at] = False
+        self.keys = _merge(self.keys, keep, new_at, keys[missing])
+        self.values = _merge(self.values, keep, new_at, self.handle.init)
         for name, arr in self.state.items():
-            self.state[name] = np.insert(arr, at, 0, axis=0)
+            self.state[name] = _merge(arr, keep, new_at, 0)
+        return slots
 
     # ---- requests ------------------------------------------------------------
     def push(self, keys: np.ndarray, pushed: np.ndarray, sender: int = -1) -> None:
@@ -123,10 +147,8 @@ class SortedStore:
         if run is None and pos is None:
             pos, found = self.locate(keys)
             if not found.all():
-                self._insert(keys, pos, found)
+                pos = self._insert(keys, pos, found)
                 run = self._run(keys)
-                if run is None:
-                    pos = np.searchsorted(self.keys, keys)
             if run is None:
                 self._slots[sender] = (keys.copy(), pos, self.version)
         if run is not None:
@@ -155,8 +177,7 @@ class SortedStore:
             return
         pos, found = self.locate(keys)
         if not found.all():
-            self._insert(keys, pos, found)
-            pos = np.searchsorted(self.keys, keys)
+            pos = self._insert(keys, pos, found)
         rows = rows.reshape(keys.size, -1)
         v = self.vdim
         self.values[pos] = rows[:, :v]

@@ -75,6 +75,7 @@ class Op(enum.IntEnum):
     RESUME = 43           # scheduler -> server: load your ranges (meta: manifest)
     LOADED = 44           # server -> scheduler
     PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
+    NAIVE_BENCH = 46      # worker -> server: serve ``aux`` naive requests (bench)
 
 
 Buffer = np.ndarray | list[np.ndarray] | None

@@ -244,6 +244,16 @@ class Van:
             while not MPI.Request.Testall(reqs):
                 time.sleep(0)
 
+    def naive_request(self, op: str, parts: list) -> list[object]:
+        """Benchmarks: a request of the hand-written pickled-dict server."""
+        from .naive import naive_request
+        return naive_request(self.comm, op, parts)
+
+    def naive_serve(self, requests: int, store: dict) -> None:
+        """Benchmarks: serve the hand-written pickled-dict server's requests."""
+        from .naive import naive_serve
+        naive_serve(self.comm, requests, store)
+
     # ---- job-wide ----------------------------------------------------------
     def host_ids(self) -> list[int]:
         """For each rank, an id of its host (the lowest rank sharing its memory).

@@ -1,0 +1,79 @@
+"""``bench store``: one server's storage alone, in one process (no MPI).
+
+For each size N it fills a SortedStore with N new random (hashed) keys in
+batches, then times lookups of random stored keys (pull), updates (push,
+the table's handle applied in place) and repeated key lists (push again:
+the slot cache), and reports bytes per parameter with and without an
+AdaGrad accumulator. Key generation (hash and sort) is done before the
+clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from ..kv.handles import AdaGrad, Add
+from ..kv.store import SortedStore
+from ..ring import hash_feature
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_size(n: int, batch: int, handle, seed: int = 0) -> dict:
+    store = SortedStore(1, "float32", handle)
+    batches = [np.sort(hash_feature(np.arange(a, min(n, a + batch))))
+               for a in range(0, n, batch)]
+    ones = np.ones(batch, np.float32)
+    insert = sum(_timed(lambda k=k: store.push(k, ones[: k.size])) for k in batches)
+    rng = np.random.default_rng(seed)
+    # a quarter of the keys at most: never the whole store, which would be one run
+    probe = np.sort(rng.choice(store.keys, min(batch, n // 4), replace=False))
+    vals = np.ones(probe.size, np.float32)
+    pull = _timed(lambda: store.pull(probe))
+    push = _timed(lambda: store.push(probe, vals, sender=1))   # searches, caches slots
+    again = _timed(lambda: store.push(probe, vals, sender=1))  # slot cache hit
+    return {"keys": n, "batch": batch, "handle": type(handle).__name__,
+            "inserts_per_s": n / insert, "lookups_per_s": probe.size / pull,
+            "updates_per_s": probe.size / push, "cached_updates_per_s": probe.size / again,
+            "bytes_per_param": store.bytes_per_key()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="1e6,1e7", help="comma-separated key counts "
+                   "(1e8 needs about 2 GB)")
+    p.add_argument("--batch", type=float, default=1e6, help="keys per insert request")
+    p.add_argument("--json", help="append JSON lines to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    print("bench store: SortedStore, vdim 1 float32, random hashed keys; inserts are new "
+          f"keys in sorted batches of {int(args.batch)}; lookups and updates of "
+          f"{int(args.batch)} random stored keys")
+    print(f"{'keys':>11s} {'handle':>8s} {'inserts/s':>11s} {'lookups/s':>11s} "
+          f"{'updates/s':>11s} {'cached upd/s':>12s} {'B/param':>8s}")
+    for n in sizes:
+        for handle in (Add(), AdaGrad()):
+            rec = bench_size(n, int(args.batch), handle)
+            print(f"{n:11d} {rec['handle']:>8s} {rec['inserts_per_s']:11.4g} "
+                  f"{rec['lookups_per_s']:11.4g} {rec['updates_per_s']:11.4g} "
+                  f"{rec['cached_updates_per_s']:12.4g} {rec['bytes_per_param']:8.1f}",
+                  flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m mpips.bench.store", description=__doc__)
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()))
