@@ -85,15 +85,17 @@ def cmd_bench_kv(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_failover(args: argparse.Namespace) -> int:
-    from .bench.failover import FailoverBench
-    try:
-        cfg = config.load(args.job, _overrides(args))
-    except config.ConfigError as e:
-        return _fail(str(e))
-    from .runtime import run
-    run(cfg, FailoverBench(cfg))
-    return 0
+def _bench_app(module: str, cls: str):
+    def command(args: argparse.Namespace) -> int:
+        app_cls = getattr(importlib.import_module(module), cls)
+        try:
+            cfg = config.load(args.job, _overrides(args))
+        except config.ConfigError as e:
+            return _fail(str(e))
+        from .runtime import run
+        run(cfg, app_cls(cfg))
+        return 0
+    return command
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -153,7 +155,14 @@ def parser() -> argparse.ArgumentParser:
                                      "(options: [failover] in python -m mpips config)")
     fo.add_argument("job", nargs="?", help="optional job file")
     _common(fo)
-    fo.set_defaults(func=cmd_bench_failover)
+    fo.set_defaults(func=_bench_app("mpips.bench.failover", "FailoverBench"))
+    sc = bsub.add_parser("scale", help="fill the servers with [scale] params parameters, "
+                         "then sweep them",
+                         description="Example: mpiexec -n 4 python -m mpips bench scale "
+                                     "--servers 2 -o scale.params=5e8")
+    sc.add_argument("job", nargs="?", help="optional job file")
+    _common(sc)
+    sc.set_defaults(func=_bench_app("mpips.bench.scale", "ScaleBench"))
 
     q = sub.add_parser("query", help="ask a running or finished sketch job",
                        description="Point estimates and heavy hitters of a count-min "

@@ -62,3 +62,25 @@ def test_bench_kv_runs_and_writes_json(tmp_path):
         assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
         assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0
     assert "kv/MPI" in proc.stdout
+
+
+def test_bench_scale_fills_and_sweeps():
+    proc = run_mpi(4, "python", "-m", "mpips", "bench", "scale", "--servers", "2",
+                   "-o", "scale.params=2e6", "-o", "scale.batch=500000", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "bench scale: 2e+06 float32 parameters on 2 servers" in proc.stdout
+    assert "values checked" in proc.stdout
+
+
+def test_bench_store_reports_rates_and_bytes(tmp_path):
+    import json
+
+    from tests.mpitools import run_py
+    out = tmp_path / "store.jsonl"
+    proc = run_py("-m", "mpips", "bench", "store", "--sizes", "2e5", "--batch", "5e4",
+                  "--json", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["handle"] for r in rows] == ["Add", "AdaGrad"]
+    assert rows[0]["bytes_per_param"] <= 20 and rows[1]["bytes_per_param"] <= 28
+    assert all(r["inserts_per_s"] > 0 and r["lookups_per_s"] > 0 for r in rows)

@@ -43,6 +43,7 @@ class SortedStore:
         self.keys = np.empty(0, dtype=np.uint64)
         self.values = np.empty((0, vdim), dtype=self.dtype)
         self.state = {name: np.empty((0, vdim), dtype=self.dtype) for name in handle.state}
+        self._spare = 0   # rows allocated past the end (appends in key order grow in place)
         self.version = 0  # bumped by every insert: cached slots are then stale
         # sender -> (keys, slots, version) of its last request
         self._slots: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -53,7 +54,9 @@ class SortedStore:
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes + sum(s.nbytes for s in self.state.values())
+        """Bytes held, spare rows of the append buffers included."""
+        row = 8 + self.values.itemsize * self.vdim * (1 + len(self.state))
+        return (len(self) + self._spare) * row
 
     def bytes_per_key(self) -> float:
         return self.nbytes / max(1, len(self))
@@ -85,6 +88,31 @@ class SortedStore:
             return hit[1]
         return None
 
+    def _append(self, keys: np.ndarray) -> None:
+        """Add keys that all sort after the stored ones, without moving the
+        stored rows unless the buffers are full (they grow by a quarter)."""
+        self.version += 1
+        n, m = len(self), keys.size
+        arrays = [self.keys, self.values, *self.state.values()]
+        if m > self._spare:
+            cap = max(n + m, n + n // 4)
+            grown = []
+            for arr in arrays:
+                base = np.empty((cap, *arr.shape[1:]), dtype=arr.dtype)
+                base[:n] = arr
+                grown.append(base)
+            self._spare = cap - n
+        else:
+            grown = [arr.base if arr.base is not None else arr for arr in arrays]
+        grown[0][n:n + m] = keys
+        grown[1][n:n + m] = self.handle.init
+        for extra in grown[2:]:
+            extra[n:n + m] = 0
+        self._spare -= m
+        self.keys, self.values = grown[0][:n + m], grown[1][:n + m]
+        for name, base in zip(self.state, grown[2:], strict=True):
+            self.state[name] = base[:n + m]
+
     def _insert(self, keys: np.ndarray, pos: np.ndarray, found: np.ndarray) -> np.ndarray:
         """Merge the missing keys in (one pass over each array) and return the
         slots of all ``keys`` afterwards."""
@@ -98,6 +126,7 @@ class SortedStore:
         new_at = slots[missing]
         keep = np.ones(self.keys.size + new_at.size, dtype=bool)
         keep[new_at] = False
+        self._spare = 0
         self.keys = _merge(self.keys, keep, new_at, keys[missing])
         self.values = _merge(self.values, keep, new_at, self.handle.init)
         for name, arr in self.state.items():
@@ -142,6 +171,8 @@ class SortedStore:
         if keys.size == 0:
             return np.empty((0, self.vdim), dtype=self.dtype) if want_rows else None
         pushed = self._rows(pushed, keys.size)
+        if not len(self) or keys[0] > self.keys[-1]:
+            self._append(keys)  # new keys past the last: a bulk load in key order
         run = self._run(keys)
         pos = None if run is not None else self._cached_slots(keys, sender)
         if run is None and pos is None:
