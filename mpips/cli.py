@@ -10,11 +10,13 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 from . import __version__, checkpoint, config  # noqa: F401 - checkpoint declares its section
 
 APPS = {"linear": "mpips.apps.linear:LinearApp",
-        "sketch": "mpips.apps.sketch:SketchApp"}
+        "sketch": "mpips.apps.sketch:SketchApp",
+        "lda": "mpips.apps.lda:LdaApp"}
 
 
 def launch_rank() -> int:
@@ -28,6 +30,10 @@ def launch_rank() -> int:
 def _fail(text: str, code: int = 2) -> int:
     if launch_rank() == 0:
         print(f"mpips: {text}", file=sys.stderr, flush=True)
+    else:
+        # Every rank fails alike; the launcher kills the job at the first exit,
+        # so the others leave last, once rank 0 has said why.
+        time.sleep(1.0)
     return code
 
 

@@ -4,6 +4,7 @@ end the whole job cleanly, or with one clear message when a rank fails."""
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
@@ -25,6 +26,8 @@ def run(cfg: Config, app: App) -> None:
         # rank 0 says why, the others leave quietly.
         if van.rank == 0:
             print(f"mpips: {type(e).__name__}: {e}", flush=True)
+        else:
+            time.sleep(1.0)  # leave after rank 0 has said why (see cli._fail)
         van.finalize_and_exit(1)
         return
     _signals(po)
