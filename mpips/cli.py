@@ -12,11 +12,12 @@ import os
 import sys
 import time
 
-from . import __version__, checkpoint, config  # noqa: F401 - checkpoint declares its section
+from . import __version__, checkpoint, config, consistency, filters  # noqa: F401 - sections
 
 APPS = {"linear": "mpips.apps.linear:LinearApp",
         "sketch": "mpips.apps.sketch:SketchApp",
-        "lda": "mpips.apps.lda:LdaApp"}
+        "lda": "mpips.apps.lda:LdaApp",
+        "bpg": "mpips.apps.bpg:BpgApp"}
 
 
 def launch_rank() -> int:
@@ -66,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         app_name = config.peek(args.job, _overrides(args), "job", "app")
         app_cls = _load_app(app_name, args.job)
         cfg = config.load(args.job, _overrides(args))
+        consistency.policy_of(cfg)  # a contradictory [consistency] fails here, on every rank
         app = app_cls(cfg)  # an app checks its data paths here: errors name key and file
     except config.ConfigError as e:
         return _fail(str(e))
@@ -149,6 +151,15 @@ def parser() -> argparse.ArgumentParser:
                     help="random hashed keys (default) or dense consecutive ones")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
+    fb = bsub.add_parser("filters", help="bytes, keys/s and AUC of LR jobs with each "
+                         "filter and the whole chain (issue 6)",
+                         description="Runs its own mpiexec jobs (do not start it under "
+                                     "mpiexec). Example: python -m mpips bench filters "
+                                     "--data news20,ctr")
+    from .bench.filters import add_arguments as _filter_bench_args
+    _filter_bench_args(fb)
+    fb.set_defaults(func=lambda args: __import__("mpips.bench.filters", fromlist=["x"])
+                    .cli_main(args))
     from .bench import store as bench_store
     st = bsub.add_parser("store", help="one server's storage alone: inserts, lookups, "
                          "bytes per parameter (no MPI)", description=bench_store.__doc__)

@@ -65,6 +65,10 @@ class Postoffice:
         self._last_heartbeat = time.monotonic()
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
+        # consistency: the timestamp of the task ``next_task`` handed out last
+        # (kv requests carry it), and the answers to ``request_task``
+        self.task_ts: int | None = None
+        self.task_inbox: list[dict[str, Any] | None] = []
         self._workers_at_barrier: list[int] | None = None
         self.started = time.monotonic()
 
@@ -216,7 +220,25 @@ class Postoffice:
                   Message(op=Op.TASK_REQ, meta=Message.jmeta(done) if done else b""))
         # No deadline: the answer may wait for other workers to end an epoch.
         self.wait_until(lambda: bool(reply), lambda: "", timeout=float("inf"))
-        return reply[0].json()
+        task = reply[0].json()
+        self.task_ts = task.get("ts") if task else None
+        return task
+
+    # Overlapping tasks (bounded delay): ask for the next task while earlier
+    # ones still wait for replies; report each done when its requests are.
+    def request_task(self, done: list[dict[str, Any]] | tuple = ()) -> None:
+        """Ask the scheduler for a task without waiting: the answer (a task
+        dict, or None when all are done) is appended to ``task_inbox``; the
+        scheduler holds it until the consistency policy lets the task start."""
+        self.on(Op.TASK, lambda msg: self.task_inbox.append(msg.json()))
+        self.send(self.layout.scheduler, Message(
+            op=Op.TASK_REQ, meta=Message.jmeta({"done": list(done), "want": True})))
+
+    def report_done(self, done: list[dict[str, Any]]) -> None:
+        """Tell the scheduler these tasks finished (their requests are answered)."""
+        if done:
+            self.send(self.layout.scheduler, Message(
+                op=Op.TASK_REQ, meta=Message.jmeta({"done": list(done), "want": False})))
 
     def report(self, counters: dict[str, Any]) -> None:
         """Send progress counters to the scheduler (summed over workers)."""

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from . import checkpoint as ckpt
+from . import consistency
 from .apps.base import App
 from .layout import SERVER, WORKER
 from .postoffice import ALL, JobPreempted, Postoffice
@@ -58,6 +59,13 @@ class Scheduler:
         po.observers.append(self._seen)
         self.queue = app.work_queue()
         self.waiting_for_task: list[int] = []
+        # consistency: the policy's task clock (holds tasks until their
+        # dependencies finished on every worker); see mpips/consistency
+        if hasattr(self.queue, "bind"):
+            self.queue.bind(po.layout.workers)  # an iteration queue: every worker, every task
+        self.clock = None if self.queue is None else consistency.TaskClock(
+            consistency.policy_of(po.cfg), po.layout.workers,
+            everyone=getattr(self.queue, "everyone", False))
         self.repairing: set[int] = set()
         self._last_check = 0.0
         # checkpoints: written at task boundaries, with every worker paused
@@ -115,6 +123,7 @@ class Scheduler:
                       lambda: "STOPPED from servers " + ", ".join(
                           str(r) for r in servers if r not in self.stopped))
         elapsed = time.monotonic() - t0
+        self._write_tasks()  # before finish: an app may fold consistency.json into its metrics
         self.app.finish(po, [self.done[r] for r in self._live(layout.workers)],
                         [self.stopped[r] for r in self._live(layout.servers)], elapsed)
         for rank in self._live(layout.workers):
@@ -139,6 +148,8 @@ class Scheduler:
         if not totals:
             return
         line = self.app.progress_line(totals, elapsed)
+        if self.clock is not None:
+            line += self.clock.progress()
         print(f"[{elapsed:7.1f}s] {line}", file=sys.stdout, flush=True)
 
     # ---- messages ----------------------------------------------------------------
@@ -166,10 +177,18 @@ class Scheduler:
         if self.queue is None:
             raise RuntimeError(f"rank {msg.sender} asked for a task, but app "
                                f"{self.app.name!r} has no work queue")
-        done = msg.json()
-        if done:
-            self.queue.done(msg.sender, _task(done))
-        self.waiting_for_task.append(msg.sender)
+        body = msg.json()
+        # {"done": [...], "want": bool} (overlapping tasks) or the one task done
+        overlapping = isinstance(body, dict) and "want" in body and "done" in body
+        finished = body["done"] if overlapping else [body] if body else []
+        task_of = getattr(self.queue, "task_of", _task)
+        for done in finished:
+            self.queue.done(msg.sender, task_of(done))
+            if "ts" in done:
+                self.clock.finish(done["ts"], msg.sender)
+        if body.get("want", True) if overlapping else True:
+            self.waiting_for_task.append(msg.sender)
+            self.clock.requested(msg.sender)
         self._hand_out_tasks()
 
     def _hand_out_tasks(self) -> None:
@@ -178,14 +197,20 @@ class Scheduler:
             return
         # A done report may open the next epoch for workers already waiting.
         still = []
+        describe = getattr(self.queue, "describe", None)
         for w in self._live(self.waiting_for_task):
+            ts = self.clock.candidate(self.queue, w)
+            if ts is not None and not self.clock.ready(ts):
+                still.append(w)  # the policy holds it: dependencies not finished
+                continue
             task = self.queue.next(w)
             if task is None and not self.queue.finished:
                 still.append(w)  # epoch barrier: answer once the epoch is done
                 continue
             meta = b"" if task is None else Message.jmeta(
-                {"epoch": task.epoch, "partition": task.partition, "path": task.path,
-                 "attempt": task.attempt})
+                (describe(task) if describe else
+                 {"epoch": task.epoch, "partition": task.partition, "path": task.path,
+                  "attempt": task.attempt}) | self.clock.start(ts, w))
             self.po.send(w, Message(op=Op.TASK, meta=meta))
         self.waiting_for_task = still
 
@@ -238,6 +263,7 @@ class Scheduler:
         if role == WORKER:
             if self.queue is not None:
                 again = self.queue.requeue(rank)
+                self.clock.abandon(rank)
                 if again:
                     print(f"mpips: {len(again)} task(s) of {who} go back to the queue",
                           flush=True)
@@ -360,6 +386,23 @@ class Scheduler:
 
     def _loaded(self, msg: Message) -> None:
         self.loaded.add(msg.sender)
+
+    def _write_tasks(self) -> None:
+        """consistency: tasks.jsonl and the summary in consistency.json."""
+        if self.clock is None or not self.clock.records:
+            return
+        out = self.po.cfg.job.output
+        if self.po.cfg.consistency.log_tasks:
+            self.clock.write(out)
+        summary = self.clock.summary()
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "consistency.json"), "w") as f:
+            f.write(json.dumps(summary) + "\n")
+        print(f"mpips: consistency {summary['policy']}: {summary['tasks']} task issues, "
+              f"staleness max {summary['staleness_max']} mean "
+              f"{summary['staleness_mean']:.2f}, held {summary['wait_total']:.2f} s in all, "
+              "idle fraction " + " ".join(f"rank {w}: {f:.1%}" for w, f in
+                                          summary["idle_fraction"].items()), flush=True)
 
     def _write_events(self) -> None:
         if not self.events:

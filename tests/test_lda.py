@@ -180,7 +180,7 @@ def test_planted_topics_recovered_counts_consistent_one_and_two_workers(tmp_path
         # check_counts: worker 0 verified after every sweep that the servers'
         # word-topic counts sum to the number of tokens (the job fails otherwise).
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [r["sweep"] for r in rows] == [10, 20, 30]
+        assert [r.get("sweep") for r in rows] == [10, 20, 30], rows
         results[ranks] = rows[-1]["heldout_perplexity"]
         with h5py.File(out / "model.h5") as h5:
             word_ids, counts = h5["word_ids"][:], h5["word_topic"][:].astype(np.float64)

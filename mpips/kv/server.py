@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import filters
 from ..postoffice import Postoffice
 from ..ring import KeyRing
 from ..transport import Message, Op
@@ -95,6 +96,9 @@ class KVServer:
         self.requests = 0
         self.keys_served = 0
         self.raw_sessions: list[Message] = []
+        # consistency: aggregated pushes of a task, pulls that wait for them
+        from ..consistency.aggregate import SyncAggregator
+        self.aggregator = SyncAggregator(self)
         for op in (Op.PUSH, Op.PULL, Op.PUSHPULL):
             po.on(op, self.handle)
         po.on(Op.REPL, self._replicate_in)
@@ -144,6 +148,9 @@ class KVServer:
 
     # ---- requests -----------------------------------------------------------------
     def handle(self, msg: Message) -> None:
+        # filters (issue 6): keys and values as the worker gave them, decoded in
+        # arrival order (key caches replay the sender's), before any deferral
+        msg = filters.for_server(self).decode_request(msg)
         if msg.ring_version > self.po.ring.version:
             self.deferred.append(msg)  # the ring update is still on its way
             return
@@ -152,6 +159,8 @@ class KVServer:
         except ValueError as e:
             self.po.send(msg.sender, Message(op=Op.ERROR, table=msg.table, ts=msg.ts,
                                              aux2=msg.aux2, meta=str(e).encode()))
+            return
+        if self.aggregator.intercept(msg, pieces):  # consistency: held or aggregated
             return
         self.requests += 1
         self.keys_served += msg.keys.size
@@ -179,6 +188,7 @@ class KVServer:
                 self._forward(t, r, k, store, msg, held)
         if rows_out is not None:
             held.reply.vals = rows_out
+            filters.for_server(self).encode_reply(held.reply)  # filters (issue 6)
         if self._promoted_version == self.po.ring.version:
             self._promoted_version = -1
             self.po.event("first_served", ring_version=self.po.ring.version)

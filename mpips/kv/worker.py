@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import filters
+from ..consistency.aggregate import FLAG_AGGREGATE, task_tag
 from ..postoffice import Postoffice
 from ..ring import check_keys
 from ..transport import Message, Op
@@ -38,6 +40,8 @@ class _Pending:
     waiting: set[int] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     error: str | None = None
+    tag: int = 0  # header aux: the task's timestamp + 1 (consistency), 0 for none
+    flags: int = 0
 
 
 class KVWorker:
@@ -45,8 +49,13 @@ class KVWorker:
 
     _next_ts = 0  # timestamps are unique per process, across tables
 
-    def __init__(self, po: Postoffice, table: str):
+    def __init__(self, po: Postoffice, table: str, aggregate: bool = False):
         self.po = po
+        # consistency: requests carry the task timestamp (``task_ts``, else the
+        # postoffice's current task); with ``aggregate`` the servers sum one
+        # push per task from every worker and apply it once.
+        self.aggregate = aggregate
+        self.task_ts: int | None = None
         self.table = po.tables[po.table_ids[table]]
         self.table_id = po.table_ids[table]
         self.vdim = self.table.vdim
@@ -89,6 +98,10 @@ class KVWorker:
         for ts in sorted(self._pending):
             self.wait(ts, timeout)
 
+    def ready(self, ts: int) -> bool:
+        """Whether request ``ts`` is answered (``wait(ts)`` would not block)."""
+        return not self._pending[ts].waiting
+
     @property
     def in_flight(self) -> int:
         return len(self._pending)
@@ -113,6 +126,7 @@ class KVWorker:
         ts = KVWorker._next_ts
         KVWorker._next_ts += 1
         pending = _Pending(op, keys, vals, out)
+        self._tag(pending)
         self._pending[ts] = pending
         self._send_parts(ts, pending, [(0, n)])
         self.keys_sent += n
@@ -121,23 +135,40 @@ class KVWorker:
     def _send_parts(self, ts: int, pending: _Pending, spans: list[tuple[int, int]]) -> None:
         """Send the keys in ``spans`` of a request to their owners, one message
         per server, each part under an id of its own."""
+        fc = filters.for_worker(self)  # filters (issue 6): kkt/significant, once a request
+        spans = fc.filter_request(pending, spans)
         by_server: dict[int, list[tuple[int, int]]] = {}
         for lo, hi in spans:
             for server, segs in self.po.ring.slice_by_server(pending.keys[lo:hi]).items():
                 by_server.setdefault(server, []).extend((lo + a, lo + b) for _, a, b in segs)
+        if pending.flags & FLAG_AGGREGATE and not pending.parts:  # first send: every
+            # live server counts one message per worker, so empty ones go too
+            for server in self.po.ring.live_servers:
+                by_server.setdefault(server, [])
         for server, segs in sorted(by_server.items()):
             segs.sort()  # a message's keys must stay sorted: spans may come in any order
             rank = self.po.server_rank(server)
             part = self._next_part
             self._next_part += 1
             vals = pending.vals
-            self.po.send(rank, Message(
-                op=pending.op, table=self.table_id, ts=ts, aux2=part,
+            self.po.send(rank, fc.encode(Message(  # filters: keys and values as sent
+                op=pending.op, table=self.table_id, ts=ts, aux2=part, aux=pending.tag,
+                flags=pending.flags,
                 keys=[pending.keys[a:b] for a, b in segs],
                 vals=None if vals is None else [vals[a:b] for a, b in segs],
-                vdim=self.vdim))
+                vdim=self.vdim), rank))
             pending.parts[part] = (rank, segs)
             pending.waiting.add(part)
+
+    def _tag(self, pending: _Pending) -> None:
+        """Consistency: the task timestamp, and the aggregate flag on pushes."""
+        task = self.task_ts if self.task_ts is not None else self.po.task_ts
+        pending.tag = task_tag(task)
+        if self.aggregate and pending.op != Op.PULL:
+            if pending.op != Op.PUSH or task is None:
+                raise ValueError(f"table {self.table.name!r} aggregates pushes per task: "
+                                 "use push (not pushpull) inside a task")
+            pending.flags = FLAG_AGGREGATE
 
     def _resend(self, old, new) -> None:
         """After a failover: send again what dead servers left unanswered."""
@@ -154,6 +185,8 @@ class KVWorker:
         if pending is None or msg.aux2 not in pending.waiting:
             raise RuntimeError(f"unexpected {Op(msg.op).name} ts={msg.ts} part {msg.aux2} "
                                f"from rank {msg.sender} on table {self.table.name!r}")
+        fc = filters.for_worker(self)
+        msg = fc.decode_reply(msg)  # filters (issue 6): values as the server had them
         if msg.op == Op.ERROR:
             pending.error = f"server rank {msg.sender}: {msg.meta.decode()}"
         elif msg.op == Op.PULL_REPLY:
@@ -162,6 +195,8 @@ class KVWorker:
                 pending.out[a:b] = msg.vals[offset: offset + b - a]
                 offset += b - a
         pending.waiting.discard(msg.aux2)
+        if not pending.waiting:
+            fc.observe(pending)  # filters: the KKT filter learns which weights are zero
 
     def _describe(self, ts: int, pending: _Pending) -> str:
         parts = []
