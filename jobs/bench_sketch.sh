@@ -38,3 +38,18 @@ for r in rows:
           f"{r['pushed_keys'] / r['inserts']:>11.3f} {r['t_read']:>6.2f} {r['t_aggregate']:>6.2f} "
           f"{r['t_push']:>6.2f} {r['t_wait']:>6.2f} {r['server_update_seconds']:>6.2f}")
 PY
+
+# Recovery: 3 servers with replication 1 under ULFM; rank 2 (server 1) is
+# SIGKILLed once the stream is under way; the job must go on and finish.
+if [ -z "${SKIP_KILL:-}" ]; then
+    kill_dir=$(mktemp -d)
+    echo "recovery: 1 scheduler, 3 servers (replication 1), 2 workers; server 1 killed mid-stream"
+    # shellcheck disable=SC2086
+    python -m mpips.bench.chaos --rank 2 --after "inserts" --events "$kill_dir/events.jsonl" -- \
+        timeout 600 "${MPIEXEC:-mpiexec}" ${MPIEXEC_OPTS:---oversubscribe} --with-ft ulfm -n 6 \
+        python -m mpips train jobs/sketch_bench.toml --servers 3 -o layout.replication=1 \
+        -o "sketch.zipf_items=$((total / 2))" -o job.progress_interval=0.2 \
+        -o sketch.report_interval=0.2 -o "job.output=$kill_dir" "$@" \
+        | grep -a '^sketch: [0-9]\|^chaos\|survived\|failed'
+    rm -rf "$kill_dir"
+fi

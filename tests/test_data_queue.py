@@ -109,3 +109,23 @@ def test_check_detects_missing_work():
     queue.done(0, queue.next(0))
     with pytest.raises(QueueError, match="completed 0 times"):
         queue.check_exactly_once()
+
+
+def test_a_worker_gets_its_partitions_again_next_epoch():
+    from mpips.data import PartitionQueue
+    q = PartitionQueue([f"p{i}" for i in range(6)], epochs=2, shuffle=True, seed=1)
+    first: dict[int, set[int]] = {0: set(), 1: set()}
+    for _ in range(3):
+        for w in (0, 1):
+            t = q.next(w)
+            first[w].add(t.partition)
+            q.done(w, t)
+    again: dict[int, set[int]] = {0: set(), 1: set()}
+    for _ in range(3):
+        for w in (0, 1):
+            t = q.next(w)
+            assert t.epoch == 1
+            again[w].add(t.partition)
+            q.done(w, t)
+    assert again == first  # key caches keep hitting
+    q.check_exactly_once()

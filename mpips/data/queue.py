@@ -57,6 +57,9 @@ class PartitionQueue:
         self._handed = np.zeros((epochs, len(self.partitions)), np.int64)
         self._lost = np.zeros((epochs, len(self.partitions)), np.int64)
         self._opened = 0  # epochs whose tasks were queued
+        # The worker that last completed each partition: it gets the same
+        # partition again when it can, so its key caches keep hitting.
+        self._last_worker = np.full(len(self.partitions), -1, np.int64)
 
     def order(self, epoch: int) -> list[int]:
         """Partition order of ``epoch``: seeded by (seed, epoch) alone, so it does
@@ -79,10 +82,18 @@ class PartitionQueue:
     def next(self, worker: int) -> Task | None:
         if not self._pending and not self._open_next_epoch():
             return None
-        task = self._pending.popleft()
+        task = self._take(worker)
         self._held.setdefault(worker, []).append(task)
         self._handed[task.epoch, task.partition] += 1
         return task
+
+    def _take(self, worker: int) -> Task:
+        """The first pending task this worker did last epoch, else the first."""
+        for i, task in enumerate(self._pending):
+            if self._last_worker[task.partition] == worker and task.attempt == 0:
+                del self._pending[i]
+                return task
+        return self._pending.popleft()
 
     def done(self, worker: int, task: Task) -> None:
         held = self._held.get(worker, [])
@@ -93,6 +104,7 @@ class PartitionQueue:
         if self._completed[task.epoch, task.partition]:
             raise QueueError(f"{task.path} completed twice in epoch {task.epoch}")
         self._completed[task.epoch, task.partition] = 1
+        self._last_worker[task.partition] = worker
 
     def requeue(self, worker: int) -> list[Task]:
         """Return a dead worker's unfinished tasks to the front of the queue."""

@@ -380,6 +380,9 @@ class ServerFilters(_Codec):
         if flags & ENTRY_MASK:  # only the entries the bitmap names were sent
             present = np.unpackbits(np.frombuffer(msg.meta, np.uint8), count=keys.size)
             keys, msg.meta = keys[present.astype(bool)], b""
+        elif flags & (KEY_CACHE_HIT | KEY_CACHE_STORE):
+            # The server's store keeps the slots of this list under its signature.
+            msg.key_signature = int(words[0])
         msg.keys = keys
         if msg.vals is not None and flags & (FIXED_POINT | VALUE_CODEC_BITS):
             msg.vals = self.decode_values(msg.vals, flags, table.np_dtype, table.vdim)

@@ -13,9 +13,16 @@ one array comparison instead of a search.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
+
 import numpy as np
 
 from .handles import Handle
+
+# Slots kept for repeated key lists, per store (8 bytes each, plus the keys of
+# lists not named by a signature).
+SLOT_CACHE_ENTRIES = 1 << 23
 
 
 def _merge(old: np.ndarray, keep: np.ndarray, new_at: np.ndarray, new) -> np.ndarray:
@@ -45,8 +52,12 @@ class SortedStore:
         self.state = {name: np.empty((0, vdim), dtype=self.dtype) for name in handle.state}
         self._spare = 0   # rows allocated past the end (appends in key order grow in place)
         self.version = 0  # bumped by every insert: cached slots are then stale
-        # sender -> (keys, slots, version) of its last request
-        self._slots: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        # Slots of recent key lists, least recently used first. By sender (its
+        # last list, checked against the keys) or by (sender, signature) of a
+        # key list the key-cache filter names (trusted: a 64-bit signature).
+        self._slots: OrderedDict[Hashable, tuple[np.ndarray | None, np.ndarray, int]] = \
+            OrderedDict()
+        self._slot_entries = 0
         self.slot_cache_hits = 0
 
     def __len__(self) -> int:
@@ -80,13 +91,27 @@ class SortedStore:
         found = self.keys[np.minimum(pos, self.keys.size - 1)] == keys
         return pos, found
 
-    def _cached_slots(self, keys: np.ndarray, sender: int) -> np.ndarray | None:
-        hit = self._slots.get(sender)
-        if hit is not None and hit[2] == self.version and hit[0].size == keys.size \
-                and np.array_equal(hit[0], keys):
-            self.slot_cache_hits += 1
-            return hit[1]
-        return None
+    def _cached_slots(self, keys: np.ndarray, who: Hashable) -> np.ndarray | None:
+        hit = self._slots.get(who)
+        if hit is None or hit[2] != self.version or hit[1].size != keys.size:
+            return None
+        if hit[0] is not None and not np.array_equal(hit[0], keys):
+            return None
+        self._slots.move_to_end(who)
+        self.slot_cache_hits += 1
+        return hit[1]
+
+    def _remember(self, who: Hashable, keys: np.ndarray, pos: np.ndarray) -> None:
+        """Keep the slots of a key list, within SLOT_CACHE_ENTRIES slots in all."""
+        old = self._slots.pop(who, None)
+        if old is not None:
+            self._slot_entries -= old[1].size
+        signed = isinstance(who, tuple)
+        self._slots[who] = (None if signed else keys.copy(), pos, self.version)
+        self._slot_entries += pos.size
+        while self._slot_entries > SLOT_CACHE_ENTRIES and len(self._slots) > 1:
+            _, dropped = self._slots.popitem(last=False)
+            self._slot_entries -= dropped[1].size
 
     def _append(self, keys: np.ndarray) -> None:
         """Add keys that all sort after the stored ones, without moving the
@@ -136,7 +161,9 @@ class SortedStore:
     # ---- requests ------------------------------------------------------------
     def push(self, keys: np.ndarray, pushed: np.ndarray, sender: int = -1) -> None:
         """Apply the handle to ``keys``' rows; new keys start at ``handle.init``.
-        ``sender`` names the requester for the cache of its last key list."""
+        ``sender`` names the requester for the slot cache: its rank (its last
+        key list is remembered), or (rank, signature) for a key list the
+        key-cache filter named."""
         self._update(keys, pushed, sender)
 
     def pull(self, keys: np.ndarray, out: np.ndarray | None = None,
@@ -155,7 +182,7 @@ class SortedStore:
             return np.take(self.values, pos, axis=0, out=out)
         pos, found = self.locate(keys)
         if found.all():
-            self._slots[sender] = (keys.copy(), pos, self.version)
+            self._remember(sender, keys, pos)
             np.take(self.values, pos, axis=0, out=out)
         else:
             out[...] = self.handle.init
@@ -181,7 +208,7 @@ class SortedStore:
                 pos = self._insert(keys, pos, found)
                 run = self._run(keys)
             if run is None:
-                self._slots[sender] = (keys.copy(), pos, self.version)
+                self._remember(sender, keys, pos)
         if run is not None:
             # A contiguous run: the handle updates the stored rows in place.
             self.handle(self.values[run], pushed, {n: s[run] for n, s in self.state.items()})
