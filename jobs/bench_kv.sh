@@ -45,7 +45,11 @@ def pick(**want):
 print("summary (1 server + 1 worker unless said):")
 for label, want in [
         ("pushpull 1e6 random vdim 1, no caching", dict(op="pushpull", keys=10**6, vdim=1,
-                                                         workers=1, keys_kind="random")),
+                                                         workers=1, keys_kind="random",
+                                                         filters=[])),
+        ("pushpull 1e6 random vdim 1, key caching", dict(op="pushpull", keys=10**6, vdim=1,
+                                                          workers=1, keys_kind="random",
+                                                          filters=["key_cache"])),
         ("1e3-key pushpull, window 16", dict(op="pushpull", keys=1000, window=16, workers=1))]:
     for r in pick(**want):
         print(f"  {label}: {r['keys_per_s'] / 1e6:.1f} M keys/s, {r['ratio']:.0%} of raw MPI")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import filters as _filters  # noqa: F401 - declares the [filters] section
 from ..apps.base import App
 from ..config import Option, positive, section
 from ..kv.handles import Add
@@ -185,8 +186,10 @@ class KVBench(App):
         lines = []
         header = (f"{'op':9s} {'keys':>9s} {'reps':>5s} {'keys/s':>11s} {'kv GB/s':>8s} "
                   f"{'MPI GB/s':>9s} {'kv/MPI':>7s} {'naive keys/s':>12s} {'x naive':>8s}")
+        filters = sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull))
         print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32, "
-              f"{b.keys_kind} keys; {b.window} request(s) in flight per worker; MPI = "
+              f"{b.keys_kind} keys, filters {filters or 'none'}; "
+              f"{b.window} request(s) in flight per worker; MPI = "
               "plain Isend/Irecv of the same bytes; naive = pickled messages and a dict "
               "per server, same ranks")
         print(header)
@@ -202,7 +205,8 @@ class KVBench(App):
                    "keys_per_s": total_keys / kv_time, "bytes_per_s": moved / kv_time,
                    "mpi_bytes_per_s": moved / mpi_time}
             rec["ratio"] = rec["bytes_per_s"] / rec["mpi_bytes_per_s"]
-            rec.update(window=b.window, keys_kind=b.keys_kind)
+            rec.update(window=b.window, keys_kind=b.keys_kind,
+                       filters=sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull)))
             naive = ""
             if "naive_time" in row:
                 naive_time = max(r["naive_time"] for r in same)
