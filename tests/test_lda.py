@@ -211,3 +211,18 @@ def test_bad_input_fails_with_a_clear_error(tmp_path):
     proc, _ = train(tmp_path, data, 3, "-o", "lda.vocab_size=10", name="b")
     assert proc.returncode != 0
     assert "count -2 of word 2 is not a positive integer" in proc.stderr + proc.stdout
+
+
+def test_bounded_delay_over_sweeps_with_a_straggler(tmp_path, planted):
+    """sync = bounded:1 with worker 0 sleeping every sweep: the fast worker
+    runs ahead, by exactly one sweep at most (a global bound kept on the
+    servers), and the counts stay consistent (check_counts)."""
+    proc, out = train(tmp_path, planted, 4, "-o", "lda.sync=bounded:1",
+                      "-o", "lda.straggle=0.05", "-o", "lda.check_counts=false",
+                      name="bounded")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if "bounded delay 1" in x)
+    ahead = json.loads(line.split("at most ")[1].split(" sweeps")[0])
+    assert max(ahead) == 1  # the bound was reached and never passed
+    proc, _ = train(tmp_path, planted, 4, "-o", "lda.sync=bounded:-1", name="bad")
+    assert proc.returncode != 0 and "must be 'sweep', 'none' or 'bounded:TAU'" in proc.stderr

@@ -22,7 +22,11 @@ steps (:class:`~mpips.apps.lda_model.GibbsBlocks`): word-topic counts are stale
 within the block as in AD-LDA / Yahoo LDA, document-topic counts only within a
 phase. It pushes the count deltas (int32, added on the servers). ``sync =
 "sweep"`` puts a worker barrier after every sweep (BSP over sweeps); ``"none"``
-lets workers run ahead until the next evaluation (eventual consistency).
+lets workers run ahead until the next evaluation (eventual consistency);
+``"bounded:TAU"`` is bounded delay over sweeps, enforced globally: every
+worker adds 1 to its progress counter on the servers when a sweep's pushes
+are acknowledged, and starts sweep s only once every live worker has
+finished sweep s - 1 - TAU (``bounded:0`` is BSP without a barrier).
 
 Evaluation every ``eval_every`` sweeps (after a barrier, so counts are exact):
 training log-likelihood per token (from the last sweep's sampling
@@ -68,6 +72,20 @@ from .lda_model import (
     word_key,
 )
 
+
+def _sync_ok(v: str) -> str | None:
+    if v in ("sweep", "none"):
+        return None
+    if v.startswith("bounded:") and v[8:].isdigit():
+        return None
+    return "must be 'sweep', 'none' or 'bounded:TAU' with TAU >= 0"
+
+
+def sync_delay(sync: str) -> int | None:
+    """TAU of 'bounded:TAU', else None."""
+    return int(sync[8:]) if sync.startswith("bounded:") else None
+
+
 section("lda", {
     "topics": Option(int, 20, "number of topics K", positive),
     "alpha": Option(float, 0.1, "document-topic Dirichlet prior", positive),
@@ -78,7 +96,8 @@ section("lda", {
     "phases": Option(int, 4, "vectorised steps per block; document-topic counts are "
                      "stale only within a step", positive),
     "sync": Option(str, "sweep", "'sweep': workers meet after every sweep; 'none': only "
-                   "at evaluations (eventual consistency)", choices=("sweep", "none")),
+                   "at evaluations (eventual consistency); 'bounded:TAU': a worker starts "
+                   "sweep s once all have finished s - 1 - TAU", _sync_ok),
     "max_inflight": Option(int, 2, "pushes a worker keeps outstanding", positive),
     "heldout_fraction": Option(float, 0.1, "documents held out for perplexity "
                                "(fixed by their global row number)", non_negative),
@@ -91,11 +110,14 @@ section("lda", {
                     "number from 0, or key = fnv1a64(word) for 'tokens' data"),
     "vocab_size": Option(int, 0, "V for the prior; 0: from the data set's manifest",
                          non_negative),
+    "straggle": Option(float, 0.0, "seconds worker 0 sleeps per sweep: a straggler, for "
+                       "consistency tests and benchmarks", non_negative),
     "check_counts": Option(bool, False, "after every sweep, check on worker 0 that the "
                            "servers' counts add up to the number of tokens (tests)"),
 })
 
 STATS_INIT = 1 << 40  # stats table key of the tokens count pushed at start
+STATS_PROGRESS = (1 << 40) + 1024  # + worker index: sweeps that worker finished
 _EVAL_STRIDE = 1 << 32  # stats keys of evaluation e: e * stride + slot
 
 
@@ -224,8 +246,15 @@ class LdaApp(App):
         history: list[dict[str, Any]] = []
         train_seconds = 0.0
         last_report = time.monotonic()
+        tau = sync_delay(lc.sync)
+        progress_keys = STATS_PROGRESS + np.arange(po.num_workers, dtype=np.uint64)
+        delays: list[int] = []  # per sweep: how far ahead of the slowest worker it began
         for sweep in range(1, lc.sweeps + 1):
+            if tau is not None:
+                delays.append(self._wait_for_slowest(po, stats, progress_keys, sweep, tau))
             t0 = time.monotonic()
+            if lc.straggle and po.worker_index() == 0:
+                time.sleep(lc.straggle)
             evaluate = sweep % lc.eval_every == 0 or sweep == lc.sweeps
             loglik = self._sweep(wt, gibbs, block_req, rng, want_loglik=evaluate,
                                  counters=counters)
@@ -235,6 +264,10 @@ class LdaApp(App):
             if evaluate:
                 counters["train_ll"] += loglik
                 counters["ll_tokens"] += gibbs.num_tokens
+            if tau is not None:
+                wt.wait_all()  # the sweep's counts are in before it counts as finished
+                stats.wait(stats.push(progress_keys[[po.worker_index()]],
+                                      np.ones((1, 1), np.float64)))
             if lc.sync == "sweep" or evaluate or lc.check_counts:
                 po.barrier(WORKERS)  # every push of this sweep is in
                 if lc.check_counts and po.worker_index() == 0:
@@ -254,8 +287,27 @@ class LdaApp(App):
                 po.report(counters)
                 last_report = time.monotonic()
         po.barrier(WORKERS)
-        return {"counters": counters, "history": history, "tokens": gibbs.num_tokens,
+        return {"counters": counters, "history": history, "delays": delays,
+                "tokens": gibbs.num_tokens,
                 "docs": gibbs.num_docs, "heldout_docs": int(ho_indptr.size - 1)}
+
+    def _wait_for_slowest(self, po: Postoffice, stats: KVWorker, progress_keys: np.ndarray,
+                          sweep: int, tau: int) -> int:
+        """Bounded delay: wait until every live worker finished sweep
+        ``sweep - 1 - tau``; return how many sweeps ahead of the slowest this
+        worker starts (at most ``tau``)."""
+        live = [po.layout.workers.index(r) for r in po.live_workers()]
+        keys = progress_keys[live]
+        deadline = time.monotonic() + po.timeout
+        while True:
+            done = stats.wait(stats.pull(keys))[:, 0]
+            slowest = int(done.min())
+            if slowest >= sweep - 1 - tau:
+                return sweep - 1 - slowest
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep}: waited {po.timeout:g} s for the slowest "
+                                   f"worker (at sweep {slowest}, bound {tau})")
+            time.sleep(0.005)
 
     def _sweep(self, wt: KVWorker, gibbs: GibbsBlocks, block_req: list, rng,
                want_loglik: bool, counters: dict[str, Any]) -> float:
@@ -384,6 +436,11 @@ class LdaApp(App):
         with open(out / "metrics.jsonl", "a") as f:
             for row in history:
                 f.write(json.dumps({"app": "lda", "topics": lc.topics, **row}) + "\n")
+        tau = sync_delay(lc.sync)
+        if tau is not None:
+            ahead = [max(w.get("delays") or [0]) for w in workers]
+            print(f"lda: bounded delay {tau}: the workers began sweeps at most {ahead} "
+                  "sweeps ahead of the slowest", flush=True)
         tokens = sum(w.get("tokens", 0) for w in workers)
         print(f"lda: {tokens} training tokens in {sum(w.get('docs', 0) for w in workers)} docs, "
               f"{sum(w.get('heldout_docs', 0) for w in workers)} held-out docs; "
