@@ -5,7 +5,7 @@
 
 runs the command, passes its output through, and once a line containing
 ``--after`` appears (plus ``--delay`` seconds) SIGKILLs the process of MPI
-rank ``--rank`` among the launcher's children (Linux /proc). It prints
+rank ``--rank`` among the launcher's descendants (Linux /proc). It prints
 ``chaos: killed rank R (pid P) at T`` with T in seconds since the epoch, on
 the same clock as the job's ``events.jsonl``, and with ``--events FILE``
 also how long after the kill each recovery event came. It exits with the
@@ -23,23 +23,36 @@ import sys
 import time
 
 
-def rank_pid(launcher_pid: int, rank: int) -> int | None:
-    """The pid of MPI rank ``rank`` among the children of ``launcher_pid``."""
+def _parents() -> dict[int, int]:
+    out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    out[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    return out
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of MPI rank ``rank`` among the descendants of ``launcher_pid``
+    (the command may wrap mpiexec in ``timeout`` and the like)."""
+    parents = _parents()
+    for pid in parents:
+        up, hops = pid, 0
+        while up in parents and up != launcher_pid and hops < 16:
+            up, hops = parents[up], hops + 1
+        if up != launcher_pid or pid == launcher_pid:
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != launcher_pid:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
         if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env \
                 or f"PMI_RANK={rank}".encode() in env:
-            return int(entry)
+            return pid
     return None
 
 
