@@ -33,6 +33,17 @@ def _task(d: dict[str, Any]):
     return Task(d["epoch"], d["partition"], d["path"], d["attempt"])
 
 
+def _by_worker_index(manifest: dict[str, Any], workers: tuple[int, ...]) -> dict[str, Any]:
+    """The checkpoint's queue with its worker ranks translated to this job's:
+    worker i then gets the partitions worker i had (the layout may differ)."""
+    queue = dict(manifest["queue"])
+    old = manifest.get("workers")
+    if old and "last_worker" in queue:
+        rank_of = {r: workers[i] for i, r in enumerate(old) if i < len(workers)}
+        queue["last_worker"] = [rank_of.get(r, -1) for r in queue["last_worker"]]
+    return queue
+
+
 class JobFailed(RuntimeError):
     """The job cannot go on (a failure it cannot recover from)."""
 
@@ -341,6 +352,7 @@ class Scheduler:
             "ring": {"servers": ring.servers, "virtual_servers": ring.virtual_servers,
                      "replication": ring.replication},
             "queue": self.queue.snapshot(), "app": self.app.checkpoint_state(),
+            "workers": list(po.layout.workers),
             "config": po.cfg.as_dict()}
         where = ckpt.write_manifest(self.ckpt_root, self.ckpt_next, manifest,
                                     po.cfg.checkpoint.keep)
@@ -376,7 +388,7 @@ class Scheduler:
                       lambda: "LOADED from servers " + ", ".join(
                           str(r) for r in servers if r not in self.loaded))
         if self.queue is not None:
-            self.queue.restore(manifest["queue"])
+            self.queue.restore(_by_worker_index(manifest, po.layout.workers))
             self.ckpt_tasks_at = self.queue.tasks_done
         self.app.restore_state(manifest.get("app") or {})
         self.ckpt_next = manifest["id"] + 1

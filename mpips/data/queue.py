@@ -136,6 +136,7 @@ class PartitionQueue:
             raise QueueError("a checkpoint needs every task reported first")
         return {"completed": self._completed.tolist(), "handed": self._handed.tolist(),
                 "lost": self._lost.tolist(), "opened": self._opened,
+                "last_worker": self._last_worker.tolist(),
                 "pending": [[t.epoch, t.partition, t.attempt] for t in self._pending]}
 
     def restore(self, state: dict) -> None:
@@ -149,6 +150,8 @@ class PartitionQueue:
         self._handed = np.array(state["handed"], np.int64)
         self._lost = np.array(state["lost"], np.int64)
         self._opened = int(state["opened"])
+        if "last_worker" in state:  # who did each partition last: same hand-out order
+            self._last_worker = np.array(state["last_worker"], np.int64)
         self._pending = deque(Task(e, p, self.partitions[p], a) for e, p, a in state["pending"])
         self._held = {}
 
