@@ -33,6 +33,8 @@ from .message import Message, Op, decode, encode
 
 TAG_DATA = 1
 TAG_RAW = 2
+# Waiting: empty polls spent spinning, then yielding the core, before sleeping.
+SPIN_POLLS, YIELD_POLLS = 20, 300
 # Below this many bytes a copy into one buffer is cheaper than a datatype.
 GATHER_MIN_BYTES = 1 << 16
 
@@ -196,8 +198,11 @@ class Van:
                  what: Callable[[], str], idle: Callable[[], None] | None = None) -> None:
         """Poll and pass every message to ``handle`` until it returns True.
 
-        Spins briefly, then sleeps up to ``idle_sleep`` between empty polls.
-        Raises :class:`TransportTimeout` with ``what()`` after ``timeout`` s.
+        Spins briefly, then yields the core between polls for a while (a reply
+        is often a few hundred microseconds away), then sleeps, longer and
+        longer up to ``idle_sleep``: an idle rank must not steal the CPU of a
+        busy one when ranks outnumber cores. Raises :class:`TransportTimeout`
+        with ``what()`` after ``timeout`` s.
         """
         deadline = time.monotonic() + timeout
         empty = 0
@@ -211,10 +216,11 @@ class Van:
             if idle is not None:
                 idle()
             empty += 1
-            if empty > 20:
+            if empty > SPIN_POLLS:
                 if time.monotonic() > deadline:
                     raise TransportTimeout(f"timed out after {timeout:g} s: {what()}")
-                time.sleep(min(self.idle_sleep, 1e-5 * empty))
+                time.sleep(0 if empty < YIELD_POLLS
+                           else min(self.idle_sleep, 2e-6 * (empty - YIELD_POLLS)))
 
     # ---- raw MPI, for the bandwidth baseline of benchmarks -----------------
     def raw_exchange(self, peers: list[int], out: list[np.ndarray],
