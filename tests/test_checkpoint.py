@@ -94,7 +94,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 @pytest.mark.integration
 def test_sigusr1_writes_a_checkpoint_and_stops(tmp_path):
     env = mpi_env()
-    env["MPIPS_TEST_TASK_SLEEP"] = "0.1"
+    env["MPIPS_TEST_TASK_SLEEP"] = "0.2"  # about 7 s of tasks: the signal comes mid-run
     cmd = mpiexec_cmd(5, *QUEUE, "layout.servers=1", f"job.output={tmp_path}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
