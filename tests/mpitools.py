@@ -35,12 +35,16 @@ def mpiexec_cmd(n: int, *args: str, ft: bool = False) -> list[str]:
 
 
 def run_mpi(n: int, *args: str, timeout: float = 120, cwd: Path | str | None = None,
-            ft: bool = False, check: bool = False) -> subprocess.CompletedProcess:
-    """``mpiexec -n N args...`` with a hard timeout, so a hang fails fast."""
+            ft: bool = False, check: bool = False, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """``mpiexec -n N args...`` with a hard timeout, so a hang fails fast;
+    ``env`` adds variables to the ranks' environment."""
     cmd = mpiexec_cmd(n, *args, ft=ft)
+    full = mpi_env()
+    full.update(env or {})
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=mpi_env(), cwd=cwd or ROOT)
+                              env=full, cwd=cwd or ROOT)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
             else (e.stdout or "")

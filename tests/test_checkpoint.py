@@ -2,7 +2,6 @@
 died (also with another number of servers), corrupt checkpoints skipped, and
 SIGUSR1 (what Slurm sends before a time limit) writes a checkpoint and stops."""
 
-import os
 import signal
 import subprocess
 import time
@@ -53,12 +52,8 @@ def test_keep_prunes_and_corrupt_ones_are_skipped(tmp_path):
 
 @pytest.mark.integration
 def test_resume_after_the_whole_job_died_with_more_servers(tmp_path):
-    os.environ["MPIPS_TEST_JOB_DIES_AFTER"] = "15"
-    try:
-        first = run_mpi(5, *QUEUE, "layout.servers=2", f"job.output={tmp_path}",
-                        "checkpoint.every_tasks=5", timeout=90)
-    finally:
-        del os.environ["MPIPS_TEST_JOB_DIES_AFTER"]
+    first = run_mpi(5, *QUEUE, "layout.servers=2", f"job.output={tmp_path}",
+                    "checkpoint.every_tasks=5", timeout=90, env={"MPIPS_TEST_JOB_DIES_AFTER": "15"})
     assert first.returncode != 0 and "the whole job dies now" in first.stdout
     assert "checkpoint 1 written" in first.stdout
     again = run_mpi(6, *QUEUE, "layout.servers=3", f"job.output={tmp_path}",
@@ -76,12 +71,8 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     args = ("python", "tests/progs/kv_job.py", "determ", "layout.servers=1")
     straight = run_mpi(3, *args, f"job.output={tmp_path / 'a'}", timeout=90, check=True)
     assert straight.returncode == 0
-    os.environ["MPIPS_TEST_JOB_DIES_AFTER"] = "30"
-    try:
-        run_mpi(3, *args, f"job.output={tmp_path / 'b'}", "checkpoint.every_tasks=7",
-                timeout=90)
-    finally:
-        del os.environ["MPIPS_TEST_JOB_DIES_AFTER"]
+    run_mpi(3, *args, f"job.output={tmp_path / 'b'}", "checkpoint.every_tasks=7",
+            timeout=90, env={"MPIPS_TEST_JOB_DIES_AFTER": "30"})
     assert not (tmp_path / "b" / "final.npy").exists()
     run_mpi(4, *args, "layout.servers=2", f"job.output={tmp_path / 'b'}",
             "checkpoint.every_tasks=7", "checkpoint.resume=true", timeout=90, check=True)

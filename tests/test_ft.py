@@ -16,14 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def counts_run(tmp_path, n, servers, k, kill, virtual=1):
-    os.environ["MPIPS_TEST_KILL"] = kill
-    try:
-        proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
-                       f"layout.servers={servers}", f"layout.replication={k}",
-                       f"layout.virtual_servers={virtual}", f"job.output={tmp_path}",
-                       "transport.timeout=30", ft=True, timeout=120)
-    finally:
-        del os.environ["MPIPS_TEST_KILL"]
+    proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
+                   f"layout.servers={servers}", f"layout.replication={k}",
+                   f"layout.virtual_servers={virtual}", f"job.output={tmp_path}",
+                   "transport.timeout=30", ft=True, timeout=120, env={"MPIPS_TEST_KILL": kill})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and out.count("keys exact") == n - 1 - servers, out[-4000:]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -49,24 +45,17 @@ def test_k2_survives_two_simultaneous_kills(tmp_path):
 
 
 def test_scheduler_death_stops_the_job_with_one_message(tmp_path):
-    os.environ["MPIPS_TEST_KILL"] = "10:0"
-    try:
-        proc = run_mpi(5, "python", "tests/progs/kv_job.py", "counts", "layout.servers=2",
-                       f"job.output={tmp_path}", ft=True, timeout=60)
-    finally:
-        del os.environ["MPIPS_TEST_KILL"]
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "counts", "layout.servers=2",
+                   f"job.output={tmp_path}", ft=True, timeout=60, env={"MPIPS_TEST_KILL": "10:0"})
     out = proc.stdout + proc.stderr
     assert out.count("the scheduler (rank 0) died: the job stops") == 1, out[-3000:]
     assert "keys exact" not in out
 
 
 def test_dead_worker_tasks_go_back_to_the_queue(tmp_path):
-    os.environ["MPIPS_TEST_KILL_WORKER"] = "1:4"
-    try:
-        proc = run_mpi(5, "python", "tests/progs/kv_job.py", "queue", "layout.servers=1",
-                       f"job.output={tmp_path}", ft=True, timeout=120)
-    finally:
-        del os.environ["MPIPS_TEST_KILL_WORKER"]
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "queue", "layout.servers=1",
+                   f"job.output={tmp_path}", ft=True, timeout=120,
+                   env={"MPIPS_TEST_KILL_WORKER": "1:4"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "worker 1 dies holding a task" in out
@@ -75,24 +64,16 @@ def test_dead_worker_tasks_go_back_to_the_queue(tmp_path):
 
 
 def test_server_death_without_replication_stops_the_job(tmp_path):
-    os.environ["MPIPS_TEST_SERVER_DIES"] = "1"
-    try:
-        proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",
-                       "layout.replication=0", ft=True, timeout=60)
-    finally:
-        del os.environ["MPIPS_TEST_SERVER_DIES"]
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",
+                   "layout.replication=0", ft=True, timeout=60, env={"MPIPS_TEST_SERVER_DIES": "1"})
     out = proc.stdout + proc.stderr
     assert "replication = 0: its key ranges are lost" in out
     assert out.count("failed: JobFailed") == 1
 
 
 def test_a_hung_rank_is_caught_by_heartbeats():
-    os.environ["MPIPS_TEST_HANG"] = "1"
-    try:
-        proc = run_mpi(4, "python", "tests/progs/kv_job.py", "raise", "layout.servers=1",
-                       "transport.heartbeat_timeout=3", timeout=60)
-    finally:
-        del os.environ["MPIPS_TEST_HANG"]
+    proc = run_mpi(4, "python", "tests/progs/kv_job.py", "raise", "layout.servers=1",
+                   "transport.heartbeat_timeout=3", timeout=60, env={"MPIPS_TEST_HANG": "1"})
     assert proc.returncode != 0
     assert "rank 2 (worker 0) sent nothing for 3 s" in proc.stderr
 
