@@ -87,22 +87,12 @@ def start_mpi(n: int, *args: str, ft: bool = False, env: dict[str, str] | None =
 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
-    """The pid of ``rank`` among the children of ``launcher`` (Linux /proc)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != launcher.pid:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-            return int(entry)
-    raise LookupError(f"rank {rank} of mpiexec pid {launcher.pid} not found")
+    """The pid of ``rank`` among the descendants of ``launcher`` (Linux /proc)."""
+    from mpips.bench.chaos import rank_pid as find
+    pid = find(launcher.pid, rank)
+    if pid is None:
+        raise LookupError(f"rank {rank} of mpiexec pid {launcher.pid} not found")
+    return pid
 
 
 def wait_for_output(launcher: subprocess.Popen, text: str, timeout: float) -> list[str]:

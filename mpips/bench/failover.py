@@ -13,7 +13,6 @@ Times are measured from the kill, on one clock (all ranks share this host).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -28,6 +27,7 @@ from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from ..ring import hash_feature
+from . import append_jsonl
 
 section("failover", {
     "requests": Option(int, 400, "push requests per worker", positive),
@@ -119,5 +119,4 @@ class FailoverBench(App):
                           if rec[k] is not None)
               + f"; counters exact; {rec['pushes_per_s']:.3g} pushed keys/s", flush=True)
         if self.f.json:
-            with open(self.f.json, "a") as out:
-                out.write(json.dumps(rec) + "\n")
+            append_jsonl(self.f.json, [rec])

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import filters
 from ..apps.linear import LinearApp
+from . import append_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,9 +200,7 @@ def cli_main(args: argparse.Namespace) -> int:
                   f"{r['keys_per_s']:>10.3g} {r['auc']:>7.4f} {r['auc'] - base['auc']:>+8.4f}",
                   flush=True)
     if args.json:
-        with open(args.json, "a") as f:
-            for r in results:
-                f.write(json.dumps(dict(r, time=time.time())) + "\n")
+        append_jsonl(args.json, (dict(r, time=time.time()) for r in results))
     return 0
 
 

@@ -16,7 +16,6 @@ a loop per key: :mod:`mpips.transport.naive`), and the speedup is printed.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from ..ring import hash_feature
 from ..transport import Message, Op
+from . import append_jsonl
 
 section("bench", {
     "keys": Option(int, 1_000_000, "largest request size in keys (sizes go 1e3, 1e4, ...)",
@@ -219,6 +219,4 @@ class KVBench(App):
                   f"{rec['mpi_bytes_per_s'] / 1e9:9.3f} {rec['ratio']:7.1%}{naive}",
                   flush=True)
         if b.json:
-            with open(b.json, "a") as f:
-                for rec in lines:
-                    f.write(json.dumps(rec) + "\n")
+            append_jsonl(b.json, lines)

@@ -11,7 +11,6 @@ clock starts.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from ..kv.handles import AdaGrad, Add
 from ..kv.store import SortedStore
 from ..ring import hash_feature
+from . import append_jsonl
 
 
 def _timed(fn) -> float:
@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{rec['cached_updates_per_s']:12.4g} {rec['bytes_per_param']:8.1f}",
                   flush=True)
             if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append_jsonl(args.json, [rec])
     return 0
 
 
