@@ -220,6 +220,12 @@ section("layout", {
     "spread_hosts": Option(bool, True, "place ring neighbours on different hosts where "
                            "there are several"),
 })
+section("kv", {
+    "chunk_keys": Option(int, 1 << 18, "a request with more keys goes to each server in "
+                         "chunks of this many (one message each), so that transfer, the "
+                         "server's work and the reply overlap; 0: never split",
+                         lambda v: None if v == 0 or v >= 1024 else "must be 0 or >= 1024"),
+})
 section("transport", {
     "timeout": Option(float, 120.0, "seconds a wait may take before it fails, naming the peer",
                       positive),
@@ -230,4 +236,7 @@ section("transport", {
     "heartbeat_timeout": Option(float, 60.0, "seconds of silence after which the scheduler "
                                 "takes a rank for hung (gone under ULFM, else the job "
                                 "stops)", positive),
+    "recv_pool_bytes": Option(int, 256 << 20, "bytes of large receive buffers a rank keeps "
+                              "to reuse (fresh memory costs page faults); 0: none",
+                              non_negative),
 })

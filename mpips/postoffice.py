@@ -42,7 +42,8 @@ class Postoffice:
 
     def __init__(self, cfg: Config, tables: list[Table], van: Van | None = None):
         self.cfg = cfg
-        self.van = van if van is not None else Van(idle_sleep=cfg.transport.idle_sleep)
+        self.van = van if van is not None else Van(
+            idle_sleep=cfg.transport.idle_sleep, recv_pool_bytes=cfg.transport.recv_pool_bytes)
         self.rank = self.van.rank
         self.timeout = cfg.transport.timeout
         self.tables = list(tables)

@@ -3,8 +3,10 @@ end the whole job cleanly, or with one clear message when a rank fails."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
@@ -18,7 +20,8 @@ from .transport import Message, Op, Van
 
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
-    van = Van(idle_sleep=cfg.transport.idle_sleep)
+    van = Van(idle_sleep=cfg.transport.idle_sleep,
+              recv_pool_bytes=cfg.transport.recv_pool_bytes)
     try:
         po = Postoffice(cfg, app.tables(), van)
     except Exception as e:
@@ -31,6 +34,7 @@ def run(cfg: Config, app: App) -> None:
         van.finalize_and_exit(1)
         return
     _signals(po)
+    profiler = _profiler()
     try:
         if po.is_scheduler:
             Scheduler(po, app).run()
@@ -39,10 +43,41 @@ def run(cfg: Config, app: App) -> None:
         else:
             _work(po, app)
     except JobPreempted:
+        _dump_profile(profiler, po)
         van.finalize_and_exit(0)
     except BaseException as e:  # noqa: BLE001 - any failure ends the job loudly
         po.fail(e)
+    _dump_profile(profiler, po)
     van.finalize_and_exit(0)
+
+
+# MPIPS_PROFILE=DIR: every rank runs its role under cProfile and writes
+# DIR/rank<R>-<role>.prof (pstats) and .txt (the top functions by own time).
+PROFILE_ENV = "MPIPS_PROFILE"
+
+
+def _profiler():
+    if not os.environ.get(PROFILE_ENV):
+        return None
+    import cProfile
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def _dump_profile(profiler, po: Postoffice) -> None:
+    if profiler is None:
+        return
+    import io
+    import pstats
+    profiler.disable()
+    out = Path(os.environ[PROFILE_ENV])
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"rank{po.rank}-{po.layout.describe(po.rank).split()[0]}"
+    profiler.dump_stats(f"{stem}.prof")
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    Path(f"{stem}.txt").write_text(text.getvalue())
 
 
 def _signals(po: Postoffice) -> None:

@@ -15,10 +15,11 @@ from tests.mpitools import run_mpi
 pytestmark = pytest.mark.integration
 
 
-def counts_run(tmp_path, n, servers, k, kill, virtual=1):
+def counts_run(tmp_path, n, servers, k, kill, virtual=1, chunk=0):
     proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
                    f"layout.servers={servers}", f"layout.replication={k}",
                    f"layout.virtual_servers={virtual}", f"job.output={tmp_path}",
+                   f"kv.chunk_keys={chunk}",
                    "transport.timeout=30", ft=True, timeout=120, env={"MPIPS_TEST_KILL": kill})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and out.count("keys exact") == n - 1 - servers, out[-4000:]
@@ -27,7 +28,9 @@ def counts_run(tmp_path, n, servers, k, kill, virtual=1):
 
 
 def test_server_killed_mid_run_loses_nothing(tmp_path):
-    out, events = counts_run(tmp_path, 6, servers=3, k=1, kill="10:2")
+    # requests of 2000 keys in chunks of 1024: a resent chunk is recognised by
+    # its (request, chunk) id, and the other chunk of its request still applies
+    out, events = counts_run(tmp_path, 6, servers=3, k=1, kill="10:2", chunk=1024)
     assert "survived the loss of rank(s) [2]" in out
     names = [e["event"] for e in events]
     assert names.count("detected") == 1 and "first_served" in names and "repaired" in names

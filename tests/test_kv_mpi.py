@@ -16,12 +16,14 @@ def test_transport_under_pytest_mpi():
     assert "5 passed" in proc.stdout
 
 
-@pytest.mark.parametrize("n,servers,virtual", [(3, 1, 1), (5, 2, 1), (6, 2, 3)])
-def test_counts_are_exact(n, servers, virtual):
-    """W workers push +1 to random key sets over S servers: pulls are exact."""
+@pytest.mark.parametrize("n,servers,virtual,chunk", [(3, 1, 1, 0), (5, 2, 1, 1024),
+                                                    (6, 2, 3, 0)])
+def test_counts_are_exact(n, servers, virtual, chunk):
+    """W workers push +1 to random key sets over S servers: pulls are exact
+    (also with requests of 2000 keys cut into chunks of 1024)."""
     proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
                    f"layout.servers={servers}", f"layout.virtual_servers={virtual}",
-                   "transport.timeout=60", timeout=120)
+                   f"kv.chunk_keys={chunk}", "transport.timeout=60", timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = n - 1 - servers
     assert proc.stdout.count("keys exact") == workers

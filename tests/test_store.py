@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from mpips.kv import SGD, AdaGrad, Add, Assign, SortedStore, UserHandle
+from mpips.kv import store as store_module
 from mpips.ring import mix64
 
 
@@ -78,3 +79,44 @@ def test_bytes_per_key():
     store = SortedStore(1, np.float32, AdaGrad())
     store.push(np.arange(1000, dtype=np.uint64), np.ones(1000, np.float32))
     assert store.bytes_per_key() == 8 + 4 + 4
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 16])
+def test_merge_in_place_matches_np_insert(monkeypatch, chunk):
+    """Random inserts (none, at the front, in runs, past the end) through the
+    chunked in-place merge give what np.insert gives, for keys and rows."""
+    monkeypatch.setattr(store_module, "MERGE_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    for _ in range(60):
+        n, m = int(rng.integers(0, 40)), int(rng.integers(0, 25))
+        old = np.sort(rng.choice(1000, n, replace=False)).astype(np.uint64) * 2
+        new_pos = np.sort(rng.integers(0, n + 1, m))
+        new = rng.integers(0, 1 << 40, m).astype(np.uint64)
+        rows = rng.normal(size=(n, 3)).astype(np.float32)
+        fill = rng.normal(size=(m, 3)).astype(np.float32)
+        kbuf = np.zeros(n + m + 5, np.uint64)
+        kbuf[:n] = old
+        rbuf = np.zeros((n + m + 5, 3), np.float32)
+        rbuf[:n] = rows
+        store_module.merge_in_place([kbuf, store_module._rows_1d(rbuf)], n, new_pos,
+                                    [new, store_module._rows_1d(fill)])
+        np.testing.assert_array_equal(kbuf[: n + m], np.insert(old, new_pos, new))
+        np.testing.assert_array_equal(rbuf[: n + m], np.insert(rows, new_pos, fill, axis=0))
+
+
+def test_inserts_grow_buffers_rarely_and_keep_spare_bounded():
+    store = SortedStore(1, np.float32, AdaGrad(init=0.25))
+    rng = np.random.default_rng(3)
+    universe = np.sort(mix64(np.arange(200_000, dtype=np.uint64)))
+    grown = 0
+    last = None
+    for _ in range(20):
+        keys = np.sort(rng.choice(universe, 10_000, replace=False))
+        store.push(keys, np.ones(keys.size, np.float32))
+        base = store.keys.base
+        grown += base is not last
+        last = base
+    assert grown < 12
+    assert store.bytes_per_key() <= 1.25 * (8 + 4 + 4) + 1e-9
+    fresh = np.setdiff1d(universe, store.keys)[:5]
+    np.testing.assert_array_equal(store.pull(fresh)[:, 0], 0.25)

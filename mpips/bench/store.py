@@ -11,6 +11,7 @@ clock starts.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -27,12 +28,23 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (Linux), or 0 where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
 def bench_size(n: int, batch: int, handle, seed: int = 0) -> dict:
-    store = SortedStore(1, "float32", handle)
     batches = [np.sort(hash_feature(np.arange(a, min(n, a + batch))))
                for a in range(0, n, batch)]
     ones = np.ones(batch, np.float32)
+    rss_before = rss_bytes()
+    store = SortedStore(1, "float32", handle)
     insert = sum(_timed(lambda k=k: store.push(k, ones[: k.size])) for k in batches)
+    rss_filled = rss_bytes() - rss_before
     rng = np.random.default_rng(seed)
     # a quarter of the keys at most: never the whole store, which would be one run
     probe = np.sort(rng.choice(store.keys, min(batch, n // 4), replace=False))
@@ -43,7 +55,9 @@ def bench_size(n: int, batch: int, handle, seed: int = 0) -> dict:
     return {"keys": n, "batch": batch, "handle": type(handle).__name__,
             "inserts_per_s": n / insert, "lookups_per_s": probe.size / pull,
             "updates_per_s": probe.size / push, "cached_updates_per_s": probe.size / again,
-            "bytes_per_param": store.bytes_per_key()}
+            "bytes_per_param": store.bytes_per_key(),
+            "rss_bytes_per_param": rss_filled / n if rss_before else None,
+            "reserved_bytes_per_param": store.reserved_bytes / n}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,15 +72,20 @@ def run(args: argparse.Namespace) -> int:
     print("bench store: SortedStore, vdim 1 float32, random hashed keys; inserts are new "
           f"keys in sorted batches of {int(args.batch)}; lookups and updates of "
           f"{int(args.batch)} random stored keys")
+    print("B/param: bytes of the stored rows per parameter (key included); RSS: the "
+          "growth of this process's resident memory while filling, per parameter; "
+          "reserved: address space of the buffers (spare rows are never touched)")
     print(f"{'keys':>11s} {'handle':>8s} {'inserts/s':>11s} {'lookups/s':>11s} "
-          f"{'updates/s':>11s} {'cached upd/s':>12s} {'B/param':>8s}")
+          f"{'updates/s':>11s} {'cached upd/s':>12s} {'B/param':>8s} {'RSS B/p':>8s} "
+          f"{'reserved':>8s}")
     for n in sizes:
         for handle in (Add(), AdaGrad()):
             rec = bench_size(n, int(args.batch), handle)
             print(f"{n:11d} {rec['handle']:>8s} {rec['inserts_per_s']:11.4g} "
                   f"{rec['lookups_per_s']:11.4g} {rec['updates_per_s']:11.4g} "
-                  f"{rec['cached_updates_per_s']:12.4g} {rec['bytes_per_param']:8.1f}",
-                  flush=True)
+                  f"{rec['cached_updates_per_s']:12.4g} {rec['bytes_per_param']:8.1f} "
+                  f"{rec['rss_bytes_per_param'] or float('nan'):8.1f} "
+                  f"{rec['reserved_bytes_per_param']:8.1f}", flush=True)
             if args.json:
                 append_jsonl(args.json, [rec])
     return 0

@@ -93,7 +93,7 @@ class SyncAggregator:
             self._apply(msg.table, t, self.groups.pop((msg.table, t)))
 
     def _apply(self, table: int, t: int, group: _Group) -> None:
-        from ..kv.server import _AwaitReplicas
+        from ..kv.server import _AwaitReplicas, request_id
         server, po = self.server, self.po
         vdim = server.tables[table].vdim
         msgs = [m for s in sorted(group.parts) for m in group.parts[s]]
@@ -120,7 +120,7 @@ class SyncAggregator:
             store.push(k, sums[a:b], -2)
             if replicate:
                 for m, held in zip(msgs, helds, strict=True):
-                    server.applied[r].add(m.sender, m.ts)
+                    server.applied[r].add(m.sender, request_id(m.ts, m.chunk))
                     server._forward(table, r, k, store, m, held)
         server.requests += len(msgs)
         server.keys_served += int(keys.size)

@@ -12,7 +12,6 @@ receiver restores dtype and vdim from its table).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -61,19 +60,42 @@ class FilterStats:
 
 
 _SIG_SALT = np.uint64(0x6A09E667F3BCC909)
+_SIG_BLOCK = 4096
+_sig_rng = np.random.default_rng(0x5EED)
+# Odd 64-bit weights: one per position in a block, one per block (grown on demand).
+_SIG_W = _sig_rng.integers(0, 2**64, _SIG_BLOCK, dtype=np.uint64) | np.uint64(1)
+_sig_wblock = _sig_rng.integers(0, 2**64, 1024, dtype=np.uint64) | np.uint64(1)
+
+
+def _block_weights(m: int) -> np.ndarray:
+    global _sig_wblock
+    if m > _sig_wblock.size:
+        more = np.random.default_rng([0x5EED, m]).integers(
+            0, 2**64, m - _sig_wblock.size, dtype=np.uint64) | np.uint64(1)
+        _sig_wblock = np.concatenate([_sig_wblock, more])
+    return _sig_wblock[:m]
 
 
 def signature(keys: np.ndarray) -> int:
-    """A 64-bit signature of a key list: CRC-32 of its bytes (zlib, about
-    4 GB/s) and the wrapping sum of the keys, mixed together with the count
-    by SplitMix64's finaliser. Measured: 2.6 ms for 1e6 keys where mixing
-    every key first took 10 ms. Two different lists of one length share it
-    only if both the CRC and the sum agree."""
+    """A 64-bit signature of a key list: the sum of its keys times random odd
+    weights mod 2^64, a weight per position (the product of a weight of the
+    position in its 4096-key block and one of the block), mixed with the count
+    by SplitMix64's finaliser. Two different lists of one length share it with
+    probability about 2^-64 (unless all their differences are multiples of a
+    large power of two). Measured: 0.46 ms for 1e6 keys (numpy's integer dot,
+    one pass), where CRC-32 and a sum took 1.8 ms."""
     keys = np.ascontiguousarray(keys)
-    crc = zlib.crc32(memoryview(keys).cast("B")) if keys.size else 0
+    n = keys.size
+    m = n // _SIG_BLOCK
     with np.errstate(over="ignore"):
-        total = np.add.reduce(keys, dtype=np.uint64) if keys.size else np.uint64(0)
-        mixed = mix64(np.uint64(total) ^ _SIG_SALT) ^ mix64(np.uint64((keys.size << 32) | crc))
+        total = 0
+        if m:
+            sums = keys[: m * _SIG_BLOCK].reshape(m, _SIG_BLOCK) @ _SIG_W
+            total = int(np.dot(sums, _block_weights(m + 1)[:m]))
+        if n > m * _SIG_BLOCK:
+            tail = int(np.dot(keys[m * _SIG_BLOCK:], _SIG_W[: n - m * _SIG_BLOCK]))
+            total += tail * int(_block_weights(m + 1)[m])
+        mixed = mix64(np.uint64(total % 2**64) ^ _SIG_SALT) ^ mix64(np.uint64(n))
         return int(mix64(mixed))
 
 

@@ -28,9 +28,15 @@ from .. import filters
 from ..postoffice import Postoffice
 from ..ring import KeyRing
 from ..transport import Message, Op
-from .store import SortedStore
+from .store import Signed, SortedStore
 
 RECENT_REQUESTS = 4096  # per worker and range: how far back duplicates are caught
+CHUNK_IDS = 1 << 24  # chunks a request may have, in the ids of applied requests
+
+
+def request_id(ts: int, chunk: int) -> int:
+    """What a range remembers of an applied message: its request and chunk."""
+    return ts * CHUNK_IDS + chunk
 
 
 class RecentRequests:
@@ -174,11 +180,12 @@ class KVServer:
         # A key list the key-cache filter named: its slots are cached under
         # its signature, so a repeat skips the lookup (and the comparison).
         sig = getattr(msg, "key_signature", None)
-        who = msg.sender if sig is None else (msg.sender, sig)
+        who = (msg.sender, msg.chunk) if sig is None else Signed(msg.sender, sig)
+        rid = request_id(msg.ts, msg.chunk)
         for r, a, b in pieces:
             store = self.primary[(t, r)]
             k = keys[a:b]
-            duplicate = replicate and (msg.sender, msg.ts) in self.applied[r]
+            duplicate = replicate and (msg.sender, rid) in self.applied[r]
             if msg.op == Op.PULL or duplicate:
                 if rows_out is not None:
                     rows_out.append(store.pull(k, sender=who))
@@ -188,7 +195,7 @@ class KVServer:
             else:
                 rows_out.append(store.pushpull(k, vals[a:b], who))
             if replicate:
-                self.applied[r].add(msg.sender, msg.ts)
+                self.applied[r].add(msg.sender, rid)
                 self._forward(t, r, k, store, msg, held)
         if rows_out is not None:
             held.reply.vals = rows_out
@@ -225,7 +232,7 @@ class KVServer:
     def _forward(self, t: int, r: int, keys: np.ndarray, store: Any, msg: Message,
                  held: _AwaitReplicas) -> None:
         rows = store.rows_with_state(keys)
-        meta = Message.jmeta([msg.sender, msg.ts])
+        meta = Message.jmeta([msg.sender, request_id(msg.ts, msg.chunk)])
         for replica in self.po.ring.replicas(r):
             rank = self.po.server_rank(replica)
             if rank in self.po.van.dead:

@@ -25,6 +25,18 @@ from ..ring import check_keys
 from ..transport import Message, Op
 
 
+def _chunks(lo: int, hi: int, size: int):
+    """(start, stop, chunk index) of [lo, hi) cut at multiples of ``size`` (0: uncut)."""
+    if size <= 0:
+        yield lo, hi, 0
+        return
+    a = lo
+    while a < hi:
+        b = min(hi, (a // size + 1) * size)
+        yield a, b, a // size
+        a = b
+
+
 class KVError(RuntimeError):
     """A server refused a request."""
 
@@ -62,6 +74,7 @@ class KVWorker:
         self.dtype = self.table.np_dtype
         self._pending: dict[int, _Pending] = {}
         self.keys_sent = 0
+        self.chunk_keys = po.cfg.kv.chunk_keys
         po.clients[self.table_id] = self._handle_reply
         po.ring_listeners.append(self._resend)
         po.kv_workers.append(self)
@@ -133,27 +146,32 @@ class KVWorker:
         return ts
 
     def _send_parts(self, ts: int, pending: _Pending, spans: list[tuple[int, int]]) -> None:
-        """Send the keys in ``spans`` of a request to their owners, one message
-        per server, each part under an id of its own."""
+        """Send the keys in ``spans`` of a request to their owners: one message
+        per (chunk, server), each part under an id of its own. Chunks are the
+        request's positions cut at multiples of ``chunk_keys`` (the same cut on
+        a resend, so servers recognise a chunk they already applied)."""
         fc = filters.for_worker(self)  # filters (issue 6): kkt/significant, once a request
         spans = fc.filter_request(pending, spans)
-        by_server: dict[int, list[tuple[int, int]]] = {}
+        aggregate = bool(pending.flags & FLAG_AGGREGATE)  # one message per server and task
+        by_dest: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for lo, hi in spans:
-            for server, segs in self.po.ring.slice_by_server(pending.keys[lo:hi]).items():
-                by_server.setdefault(server, []).extend((lo + a, lo + b) for _, a, b in segs)
-        if pending.flags & FLAG_AGGREGATE and not pending.parts:  # first send: every
-            # live server counts one message per worker, so empty ones go too
+            for a, b, chunk in _chunks(lo, hi, 0 if aggregate else self.chunk_keys):
+                for server, segs in self.po.ring.slice_by_server(pending.keys[a:b]).items():
+                    by_dest.setdefault((chunk, server), []).extend(
+                        (a + x, a + y) for _, x, y in segs)
+        if aggregate and not pending.parts:  # first send: every live server counts
+            # one message per worker, so empty ones go too
             for server in self.po.ring.live_servers:
-                by_server.setdefault(server, [])
-        for server, segs in sorted(by_server.items()):
+                by_dest.setdefault((0, server), [])
+        vals = pending.vals
+        for (chunk, server), segs in sorted(by_dest.items()):
             segs.sort()  # a message's keys must stay sorted: spans may come in any order
             rank = self.po.server_rank(server)
             part = self._next_part
             self._next_part += 1
-            vals = pending.vals
             self.po.send(rank, fc.encode(Message(  # filters: keys and values as sent
                 op=pending.op, table=self.table_id, ts=ts, aux2=part, aux=pending.tag,
-                flags=pending.flags,
+                flags=pending.flags, chunk=chunk,
                 keys=[pending.keys[a:b] for a, b in segs],
                 vals=None if vals is None else [vals[a:b] for a, b in segs],
                 vdim=self.vdim), rank))

@@ -29,6 +29,7 @@ HEADER = np.dtype([
     ("ts", "<i8"),
     ("vdim", "<i4"), ("vcode", "<i4"),
     ("aux", "<i8"), ("aux2", "<i8"),
+    ("chunk", "<i4"), ("reserved", "<i4"),
     ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
 ])
 assert HEADER.itemsize % ALIGN == 0
@@ -95,6 +96,7 @@ class Message:
     filters: int = 0
     aux: int = 0
     aux2: int = 0
+    chunk: int = 0  # which chunk of a large request (kv: duplicates and slot caches)
     keys: Buffer = None
     vals: Buffer = None
     vdim: int = 0
@@ -146,6 +148,7 @@ def encode(msg: Message) -> list[np.ndarray]:
     h["table"], h["sender"] = msg.table, msg.sender
     h["ring_version"], h["filters"], h["ts"] = msg.ring_version, msg.filters, msg.ts
     h["vdim"], h["vcode"], h["aux"], h["aux2"] = msg.vdim, vcode, msg.aux, msg.aux2
+    h["chunk"] = msg.chunk
     h["nkeys_bytes"], h["nvals_bytes"], h["nmeta_bytes"] = nk, nv, len(msg.meta)
     parts: list[np.ndarray] = [header.view(np.uint8)]
     for section, size in ((keys, nk), (vals, nv)):
@@ -180,5 +183,6 @@ def decode(buf: np.ndarray, source: int) -> Message:
     return Message(op=int(h["op"]), table=int(h["table"]), ts=int(h["ts"]),
                    sender=source, ring_version=int(h["ring_version"]),
                    flags=int(h["flags"]), filters=int(h["filters"]),
-                   aux=int(h["aux"]), aux2=int(h["aux2"]), keys=keys, vals=vals,
+                   aux=int(h["aux"]), aux2=int(h["aux2"]), chunk=int(h["chunk"]),
+                   keys=keys, vals=vals,
                    vdim=vdim, meta=meta, nbytes=int(buf.size))

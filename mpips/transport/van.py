@@ -7,7 +7,8 @@ This is the only module of mpips that talks to MPI.
   struct datatype over their addresses (a gather, no copy). Buffers stay
   referenced until the send completes.
 * ``poll`` matches one message with ``Improbe`` and receives it with
-  ``Mrecv`` into a fresh uint8 array that :func:`decode` views without copies.
+  ``Mrecv`` into a uint8 array that :func:`decode` views without copies:
+  a large buffer is reused once no view of it is alive (:mod:`.pool`).
 * Idle ranks wait by polling with short sleeps: Open MPI's blocking calls
   busy-poll, which starves busy ranks when ranks outnumber cores.
 * Failures: under an MPI with ULFM (Open MPI 5 started with
@@ -30,6 +31,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .message import Message, Op, decode, encode
+from .pool import RecvPool
 
 TAG_DATA = 1
 TAG_RAW = 2
@@ -58,7 +60,8 @@ class TransportTimeout(TimeoutError):
 class Van:
     """Framed nonblocking messaging over an MPI communicator."""
 
-    def __init__(self, comm: MPI.Comm | None = None, idle_sleep: float = 2e-4):
+    def __init__(self, comm: MPI.Comm | None = None, idle_sleep: float = 2e-4,
+                 recv_pool_bytes: int = 256 << 20):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
@@ -68,6 +71,7 @@ class Van:
         self.fault_tolerant = ulfm_enabled()
         self.dead: set[int] = set()
         self._events: deque[Message] = deque()
+        self.pool = RecvPool(recv_pool_bytes)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.messages_sent = 0
@@ -182,7 +186,7 @@ class Van:
             self.progress()
             return None
         source = self._status.Get_source()
-        buf = np.empty(self._status.Get_count(MPI.BYTE), dtype=np.uint8)
+        buf = self.pool.get(self._status.Get_count(MPI.BYTE))
         try:
             mprobe.Recv([buf, MPI.BYTE])
         except MPI.Exception as e:
