@@ -63,6 +63,11 @@ class RingError(RuntimeError):
     """The ring cannot serve: every holder of some range is dead."""
 
 
+def strictly_increasing(keys: np.ndarray) -> bool:
+    """Whether ``keys`` (1-d) are sorted and unique."""
+    return keys.size < 2 or bool(np.less(keys[:-1], keys[1:]).all())
+
+
 def check_keys(keys: np.ndarray, what: str = "keys") -> np.ndarray:
     """Return ``keys`` as a 1-d uint64 array, or raise if not sorted and unique."""
     keys = np.asarray(keys)
@@ -74,7 +79,7 @@ def check_keys(keys: np.ndarray, what: str = "keys") -> np.ndarray:
         if keys.dtype.kind == "i" and keys.size and keys.min() < 0:
             raise ValueError(f"{what} must be non-negative")
         keys = keys.astype(KEY_DTYPE)
-    if keys.size > 1:
+    if not strictly_increasing(keys):
         step_ok = keys[1:] > keys[:-1]
         if not step_ok.all():
             i = int(np.argmin(step_ok))

@@ -309,6 +309,26 @@ def test_chain_round_trip_through_the_wire():
     assert WorkerFilters(kv_eval).encode(eval_msg, 1).filters == 0
 
 
+def test_cached_key_lists_are_checked_once_and_unsorted_ones_never_trusted():
+    """The server checks a key list when the key cache stores it; hits of it
+    skip the check, except for a list that failed it (a client that skipped
+    its own check): every repeat of that one is checked, and refused."""
+    overrides = ['filters.push=["key_cache"]']
+    wpo, spo = fake_po(overrides, rank=2), fake_po(overrides, rank=1)
+    kv = SimpleNamespace(po=wpo, table_id=0, vdim=2, dtype=np.dtype(np.float32),
+                         table=wpo.tables[0])
+    wf, sf = WorkerFilters(kv), ServerFilters(SimpleNamespace(po=spo))
+    good = hashed_keys(300)
+    bad = good.copy()
+    bad[[10, 20]] = bad[[20, 10]]
+    for keys, checked in ((good, True), (bad, False)):
+        for _ in range(2):  # stored, then a hit
+            msg = wf.encode(Message(op=Op.PUSH, table=0, keys=keys,
+                                    vals=np.ones((keys.size, 2), np.float32), vdim=2), dest=1)
+            got = sf.decode_request(through_wire(msg, source=2))
+            assert np.array_equal(got.keys, keys) and got.keys_checked is checked
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(config.ConfigError, match=r"\[filters\] push: 'nope'"):
         parse_specs(config.load(None, ['filters.push=["nope"]']), ["w"])

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Option, at_least, non_negative, section
+from ..ring import strictly_increasing
 from ..transport import Message, Op
 from ..transport.message import HEADER
 from . import fixed_point, key_codec, value_codec
@@ -347,6 +348,7 @@ class ServerFilters(_Codec):
         self.server = server
         # One cache per peer and table whatever the direction, as at the sender.
         self.cache = ReceiverKeyCache(self.cfg.cache_bytes, FilterStats())
+        self.unsorted: set[tuple[int, int, int]] = set()  # cached lists a check refused
         self.reply_wire: dict[int, FilterStats] = {}  # table -> replies sent
         self.request_wire: dict[int, FilterStats] = {}  # table -> requests received
         _REGISTRY.append(self)
@@ -367,6 +369,8 @@ class ServerFilters(_Codec):
         if flags & KEY_CACHE_HIT:
             keys = cache.fetch(msg.sender, msg.table, int(words[0]), int(words[1]),
                                msg.ring_version)
+            # checked when it was stored: the server need not check it again
+            msg.keys_checked = (msg.sender, msg.table, int(words[0])) not in self.unsorted
         else:
             body = words[1:] if flags & KEY_CACHE_STORE else words
             if flags & KEY_VARINT:
@@ -376,6 +380,14 @@ class ServerFilters(_Codec):
             else:
                 keys = body
             if flags & KEY_CACHE_STORE:
+                # Stored even if unsorted (both caches stay in step); the request,
+                # and every repeat of it, is then refused by the server's check.
+                name = (msg.sender, msg.table, int(words[0]))
+                msg.keys_checked = strictly_increasing(keys)
+                if msg.keys_checked:
+                    self.unsorted.discard(name)
+                else:
+                    self.unsorted.add(name)
                 cache.store(msg.sender, msg.table, int(words[0]), keys, msg.ring_version)
         if flags & ENTRY_MASK:  # only the entries the bitmap names were sent
             present = np.unpackbits(np.frombuffer(msg.meta, np.uint8), count=keys.size)

@@ -29,7 +29,7 @@ HEADER = np.dtype([
     ("ts", "<i8"),
     ("vdim", "<i4"), ("vcode", "<i4"),
     ("aux", "<i8"), ("aux2", "<i8"),
-    ("chunk", "<i4"), ("reserved", "<i4"),
+    ("chunk", "<i4"), ("split", "<i4"),
     ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
 ])
 assert HEADER.itemsize % ALIGN == 0
@@ -158,6 +158,13 @@ def encode(msg: Message) -> list[np.ndarray]:
     if msg.meta:
         parts.append(np.frombuffer(msg.meta, dtype=np.uint8))
     return parts
+
+
+def wire_size(header: np.ndarray) -> int:
+    """Bytes of the whole message whose header (uint8, HEADER.itemsize) is given."""
+    h = header.view(HEADER)[0]
+    nk, nv = int(h["nkeys_bytes"]), int(h["nvals_bytes"])
+    return HEADER.itemsize + nk + _pad(nk) + nv + _pad(nv) + int(h["nmeta_bytes"])
 
 
 def decode(buf: np.ndarray, source: int) -> Message:

@@ -3,12 +3,17 @@
 This is the only module of mpips that talks to MPI.
 
 * ``send`` is nonblocking (``Isend``). Small messages are packed into one
-  buffer; large ones are sent straight from the caller's arrays with an MPI
-  struct datatype over their addresses (a gather, no copy). Buffers stay
-  referenced until the send completes.
-* ``poll`` matches one message with ``Improbe`` and receives it with
-  ``Mrecv`` into a uint8 array that :func:`decode` views without copies:
-  a large buffer is reused once no view of it is alive (:mod:`.pool`).
+  buffer. A large one goes as its header, then its sections straight from
+  the caller's arrays, one contiguous message each (no copy): Open MPI moves
+  a contiguous message with one copy done by the receiver alone (CMA), while
+  a gathered (struct datatype) one moves in fragments only while the sender
+  calls into MPI, which a busy server does not (measured: 16 MB took 6.6 ms
+  behind a sender busy for 5 ms, against 1.4-1.7 ms contiguous or split).
+  Buffers stay referenced until the sends complete.
+* ``poll`` matches one header with ``Improbe``, receives it with ``Mrecv``,
+  and the sections that follow it into the same uint8 array, which
+  :func:`decode` views without copies: a large buffer is reused once no view
+  of it is alive (:mod:`.pool`).
 * Idle ranks wait by polling with short sleeps: Open MPI's blocking calls
   busy-poll, which starves busy ranks when ranks outnumber cores.
 * Failures: under an MPI with ULFM (Open MPI 5 started with
@@ -30,15 +35,19 @@ from collections.abc import Callable
 import numpy as np
 from mpi4py import MPI
 
-from .message import Message, Op, decode, encode
+from .message import HEADER, Message, Op, decode, encode, wire_size
 from .pool import RecvPool
 
 TAG_DATA = 1
 TAG_RAW = 2
+TAG_BODY = 4  # the sections of a split message, after its header on TAG_DATA
 # Waiting: empty polls spent spinning, then yielding the core, before sleeping.
 SPIN_POLLS, YIELD_POLLS = 20, 300
-# Below this many bytes a copy into one buffer is cheaper than a datatype.
+# Below this many bytes a message is copied into one buffer and sent whole;
+# above, it is split (header, then sections). Sections below BODY_MIN_BYTES
+# (padding, meta, small segments) are packed together.
 GATHER_MIN_BYTES = 1 << 16
+BODY_MIN_BYTES = 1 << 15
 
 
 _FAILURE_CLASSES = {getattr(MPI, name) for name in
@@ -57,6 +66,24 @@ class TransportTimeout(TimeoutError):
     """A wait ran out of time; the message names what was awaited."""
 
 
+def _bodies(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The sections of a split message as contiguous messages: large parts as
+    they are, runs of small ones packed into one buffer."""
+    out: list[np.ndarray] = []
+    small: list[np.ndarray] = []
+    for p in parts:
+        if p.nbytes >= BODY_MIN_BYTES:
+            if small:
+                out.append(np.concatenate(small))
+                small = []
+            out.append(p)
+        else:
+            small.append(p)
+    if small:
+        out.append(np.concatenate(small))
+    return out
+
+
 class Van:
     """Framed nonblocking messaging over an MPI communicator."""
 
@@ -66,7 +93,7 @@ class Van:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.idle_sleep = idle_sleep
-        self._sends: list[tuple[MPI.Request, object, MPI.Datatype | None, int]] = []
+        self._sends: list[tuple[MPI.Request, object, int]] = []  # request, buffers, dest
         self._status = MPI.Status()
         self.fault_tolerant = ulfm_enabled()
         self.dead: set[int] = set()
@@ -87,22 +114,21 @@ class Van:
         total = sum(p.nbytes for p in parts)
         if total < GATHER_MIN_BYTES or len(parts) == 1:
             buf = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            req = self._isend([buf, MPI.BYTE], dest)
-            self._sends.append((req, buf, None, dest))
+            self._sends.append((self._isend([buf, MPI.BYTE], dest), buf, dest))
         else:
-            addrs = [MPI.Get_address(p) for p in parts]
-            dtype = MPI.Datatype.Create_struct(
-                [p.nbytes for p in parts], addrs, [MPI.BYTE] * len(parts)).Commit()
-            req = self._isend([MPI.BOTTOM, 1, dtype], dest)
-            self._sends.append((req, parts, dtype, dest))
+            header = parts[0].copy()
+            header.view(HEADER)[0]["split"] = 1
+            self._sends.append((self._isend([header, MPI.BYTE], dest), header, dest))
+            for body in _bodies(parts[1:]):
+                self._sends.append((self._isend([body, MPI.BYTE], dest, TAG_BODY), body, dest))
         self.bytes_sent += total
         self.messages_sent += 1
         if len(self._sends) > 64:
             self.progress()
 
-    def _isend(self, buf: list, dest: int) -> MPI.Request:
+    def _isend(self, buf: list, dest: int, tag: int = TAG_DATA) -> MPI.Request:
         try:
-            return self.comm.Isend(buf, dest, TAG_DATA)
+            return self.comm.Isend(buf, dest, tag)
         except MPI.Exception as e:
             self._failure(e)
             return MPI.REQUEST_NULL
@@ -120,16 +146,12 @@ class Van:
             done = self._test_one_by_one()
         if done:
             finished = set(done)
-            for i in done:
-                dtype = self._sends[i][2]
-                if dtype is not None:
-                    dtype.Free()
             self._sends = [s for i, s in enumerate(self._sends) if i not in finished]
 
     def _test_one_by_one(self) -> list[int]:
         """After a failure: sends that completed or can never complete."""
         done = []
-        for i, (req, _, _, dest) in enumerate(self._sends):
+        for i, (req, _, dest) in enumerate(self._sends):
             if dest in self.dead:
                 done.append(i)
                 continue
@@ -189,6 +211,8 @@ class Van:
         buf = self.pool.get(self._status.Get_count(MPI.BYTE))
         try:
             mprobe.Recv([buf, MPI.BYTE])
+            if buf.size == HEADER.itemsize and buf.view(HEADER)[0]["split"]:
+                buf = self._receive_body(buf, source)
         except MPI.Exception as e:
             self._failure(e)
             return self._events.popleft() if self._events else None
@@ -197,6 +221,19 @@ class Van:
         self.bytes_received += buf.size
         self.messages_received += 1
         return decode(buf, source)
+
+    def _receive_body(self, header: np.ndarray, source: int) -> np.ndarray:
+        """The sections of a split message, after its header: they are on their
+        way already (sent with the header), and the receiver copies them."""
+        total = wire_size(header)
+        buf = self.pool.get(total)
+        buf[: header.size] = header
+        off = header.size
+        status = self._status
+        while off < total:
+            self.comm.Recv([buf[off:], MPI.BYTE], source, TAG_BODY, status)
+            off += status.Get_count(MPI.BYTE)
+        return buf
 
     def wait_for(self, handle: Callable[[Message], bool], timeout: float,
                  what: Callable[[], str], idle: Callable[[], None] | None = None) -> None:
