@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ HEADER = np.dtype([
     ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
 ])
 assert HEADER.itemsize % ALIGN == 0
+# The same layout for ``struct``: packing a header with it takes about 1 us,
+# against 10 us through numpy's structured scalars (a small request's
+# framing is mostly this).
+_HEADER_STRUCT = struct.Struct("<IHHiiiIqiiqqiiqqq")
+assert _HEADER_STRUCT.size == HEADER.itemsize
+_SPLIT_OFFSET = HEADER.fields["split"][1]
+_SIZES_OFFSET = HEADER.fields["nkeys_bytes"][1]
+_SIZES = struct.Struct("<qqq")
 
 # Value dtypes that may travel, by wire code.
 VALUE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
@@ -142,15 +151,11 @@ def encode(msg: Message) -> list[np.ndarray]:
         vcode = _VCODE[dt]
     nk = sum(k.nbytes for k in keys)
     nv = sum(v.nbytes for v in vals)
-    header = np.zeros(1, dtype=HEADER)
-    h = header[0]
-    h["magic"], h["op"], h["flags"] = MAGIC, int(msg.op), msg.flags
-    h["table"], h["sender"] = msg.table, msg.sender
-    h["ring_version"], h["filters"], h["ts"] = msg.ring_version, msg.filters, msg.ts
-    h["vdim"], h["vcode"], h["aux"], h["aux2"] = msg.vdim, vcode, msg.aux, msg.aux2
-    h["chunk"] = msg.chunk
-    h["nkeys_bytes"], h["nvals_bytes"], h["nmeta_bytes"] = nk, nv, len(msg.meta)
-    parts: list[np.ndarray] = [header.view(np.uint8)]
+    header = np.frombuffer(_HEADER_STRUCT.pack(
+        MAGIC, int(msg.op), msg.flags, msg.table, msg.sender, msg.ring_version, msg.filters,
+        msg.ts, msg.vdim, vcode, msg.aux, msg.aux2, msg.chunk, 0, nk, nv, len(msg.meta)),
+        dtype=np.uint8)
+    parts: list[np.ndarray] = [header]
     for section, size in ((keys, nk), (vals, nv)):
         parts.extend(p.reshape(-1).view(np.uint8) for p in section)
         if _pad(size):
@@ -162,9 +167,21 @@ def encode(msg: Message) -> list[np.ndarray]:
 
 def wire_size(header: np.ndarray) -> int:
     """Bytes of the whole message whose header (uint8, HEADER.itemsize) is given."""
-    h = header.view(HEADER)[0]
-    nk, nv = int(h["nkeys_bytes"]), int(h["nvals_bytes"])
-    return HEADER.itemsize + nk + _pad(nk) + nv + _pad(nv) + int(h["nmeta_bytes"])
+    nk, nv, nm = _SIZES.unpack_from(header, _SIZES_OFFSET)
+    return HEADER.itemsize + nk + _pad(nk) + nv + _pad(nv) + nm
+
+
+def mark_split(header: np.ndarray) -> np.ndarray:
+    """A copy of an encoded header that says its sections follow as messages
+    of their own (the van's split sends)."""
+    out = bytearray(header.tobytes())
+    struct.pack_into("<i", out, _SPLIT_OFFSET, 1)
+    return np.frombuffer(out, dtype=np.uint8)
+
+
+def is_split(buf: np.ndarray) -> bool:
+    """Whether a received buffer is the header of a split message."""
+    return buf.size == HEADER.itemsize and struct.unpack_from("<i", buf, _SPLIT_OFFSET)[0] == 1
 
 
 def decode(buf: np.ndarray, source: int) -> Message:
@@ -172,24 +189,20 @@ def decode(buf: np.ndarray, source: int) -> Message:
     if buf.size < HEADER.itemsize:
         raise ValueError(f"message of {buf.size} bytes from rank {source} is shorter "
                          "than a header")
-    h = buf[: HEADER.itemsize].view(HEADER)[0]
-    if h["magic"] != MAGIC:
+    (magic, op, flags, table, _, ring_version, filters, ts, vdim, vcode, aux, aux2, chunk,
+     _, nk, nv, nm) = _HEADER_STRUCT.unpack_from(buf)
+    if magic != MAGIC:
         raise ValueError(f"message from rank {source} has a bad magic number")
     off = HEADER.itemsize
-    nk, nv, nm = int(h["nkeys_bytes"]), int(h["nvals_bytes"]), int(h["nmeta_bytes"])
     keys = buf[off: off + nk].view(np.uint64)
     off += nk + _pad(nk)
     vals = None
-    vdim = int(h["vdim"])
     if nv:
-        vals = buf[off: off + nv].view(VALUE_DTYPES[int(h["vcode"])])
+        vals = buf[off: off + nv].view(VALUE_DTYPES[vcode])
         if vdim > 0:
             vals = vals.reshape(-1, vdim)
     off += nv + _pad(nv)
     meta = buf[off: off + nm].tobytes() if nm else b""
-    return Message(op=int(h["op"]), table=int(h["table"]), ts=int(h["ts"]),
-                   sender=source, ring_version=int(h["ring_version"]),
-                   flags=int(h["flags"]), filters=int(h["filters"]),
-                   aux=int(h["aux"]), aux2=int(h["aux2"]), chunk=int(h["chunk"]),
-                   keys=keys, vals=vals,
-                   vdim=vdim, meta=meta, nbytes=int(buf.size))
+    return Message(op=op, table=table, ts=ts, sender=source, ring_version=ring_version,
+                   flags=flags, filters=filters, aux=aux, aux2=aux2, chunk=chunk,
+                   keys=keys, vals=vals, vdim=vdim, meta=meta, nbytes=int(buf.size))

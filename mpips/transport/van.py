@@ -35,14 +35,20 @@ from collections.abc import Callable
 import numpy as np
 from mpi4py import MPI
 
-from .message import HEADER, Message, Op, decode, encode, wire_size
+from .message import Message, Op, decode, encode, is_split, mark_split, wire_size
 from .pool import RecvPool
 
 TAG_DATA = 1
 TAG_RAW = 2
 TAG_BODY = 4  # the sections of a split message, after its header on TAG_DATA
-# Waiting: empty polls spent spinning, then yielding the core, before sleeping.
-SPIN_POLLS, YIELD_POLLS = 20, 300
+# Waiting: empty polls spent spinning, then seconds spent yielding the core
+# between polls, before sleeping.
+SPIN_POLLS, YIELD_SECONDS = 20, 2e-3
+# Yield the core without sleeping. Not time.sleep(0): on this kind of machine
+# (a VM) any sleep, even of 0 s, lasts about 90 us (measured), which made a
+# 1e3-key round trip 500 us; sched_yield costs 1 us and still hands the core
+# to any other runnable rank.
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
 # Below this many bytes a message is copied into one buffer and sent whole;
 # above, it is split (header, then sections). Sections below BODY_MIN_BYTES
 # (padding, meta, small segments) are packed together.
@@ -116,8 +122,7 @@ class Van:
             buf = parts[0] if len(parts) == 1 else np.concatenate(parts)
             self._sends.append((self._isend([buf, MPI.BYTE], dest), buf, dest))
         else:
-            header = parts[0].copy()
-            header.view(HEADER)[0]["split"] = 1
+            header = mark_split(parts[0])
             self._sends.append((self._isend([header, MPI.BYTE], dest), header, dest))
             for body in _bodies(parts[1:]):
                 self._sends.append((self._isend([body, MPI.BYTE], dest, TAG_BODY), body, dest))
@@ -211,7 +216,7 @@ class Van:
         buf = self.pool.get(self._status.Get_count(MPI.BYTE))
         try:
             mprobe.Recv([buf, MPI.BYTE])
-            if buf.size == HEADER.itemsize and buf.view(HEADER)[0]["split"]:
+            if is_split(buf):
                 buf = self._receive_body(buf, source)
         except MPI.Exception as e:
             self._failure(e)
@@ -239,14 +244,16 @@ class Van:
                  what: Callable[[], str], idle: Callable[[], None] | None = None) -> None:
         """Poll and pass every message to ``handle`` until it returns True.
 
-        Spins briefly, then yields the core between polls for a while (a reply
-        is often a few hundred microseconds away), then sleeps, longer and
+        Spins briefly, then yields the core between polls for YIELD_SECONDS
+        (a reply is often tens of microseconds away), then sleeps, longer and
         longer up to ``idle_sleep``: an idle rank must not steal the CPU of a
-        busy one when ranks outnumber cores. Raises :class:`TransportTimeout`
-        with ``what()`` after ``timeout`` s.
+        busy one when ranks outnumber cores (a yield hands the core to any
+        other runnable rank; Open MPI's blocking calls would spin instead).
+        Raises :class:`TransportTimeout` with ``what()`` after ``timeout`` s.
         """
         deadline = time.monotonic() + timeout
         empty = 0
+        idle_since = 0.0
         while True:
             msg = self.poll()
             if msg is not None:
@@ -257,11 +264,18 @@ class Van:
             if idle is not None:
                 idle()
             empty += 1
-            if empty > SPIN_POLLS:
-                if time.monotonic() > deadline:
-                    raise TransportTimeout(f"timed out after {timeout:g} s: {what()}")
-                time.sleep(0 if empty < YIELD_POLLS
-                           else min(self.idle_sleep, 2e-6 * (empty - YIELD_POLLS)))
+            if empty <= SPIN_POLLS:
+                continue
+            now = time.monotonic()
+            if now > deadline:
+                raise TransportTimeout(f"timed out after {timeout:g} s: {what()}")
+            if empty == SPIN_POLLS + 1:
+                idle_since = now
+            idle_for = now - idle_since
+            if idle_for < YIELD_SECONDS:
+                _yield_core()
+            else:
+                time.sleep(min(self.idle_sleep, idle_for / 10))
 
     # ---- raw MPI, for the bandwidth baseline of benchmarks -----------------
     def raw_exchange(self, peers: list[int], out: list[np.ndarray],
@@ -273,7 +287,7 @@ class Van:
         reqs += [self.comm.Isend([b, MPI.BYTE], p, TAG_RAW)
                  for p, b in zip(peers, out, strict=True)]
         while not MPI.Request.Testall(reqs):
-            time.sleep(0)
+            _yield_core()
 
     def raw_serve(self, peers: list[int], nbytes_in: list[int], nbytes_out: list[int],
                   reps: int) -> None:
@@ -285,11 +299,11 @@ class Van:
             reqs = [self.comm.Irecv([b, MPI.BYTE], p, TAG_RAW)
                     for p, b in zip(peers, inbox, strict=True)]
             while not MPI.Request.Testall(reqs):
-                time.sleep(0)
+                _yield_core()
             reqs = [self.comm.Isend([b, MPI.BYTE], p, TAG_RAW)
                     for p, b in zip(peers, out, strict=True)]
             while not MPI.Request.Testall(reqs):
-                time.sleep(0)
+                _yield_core()
 
     def naive_request(self, op: str, parts: list) -> list[object]:
         """Benchmarks: a request of the hand-written pickled-dict server."""
