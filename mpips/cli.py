@@ -84,6 +84,9 @@ def cmd_bench_kv(args: argparse.Namespace) -> int:
         if value is not None:
             extra.append(f"bench.{key}={value!r}" if isinstance(value, str)
                          else f"bench.{key}={value}")
+    for key in ("chunk_keys", "coalesce_bytes"):
+        if getattr(args, key) is not None:
+            extra.append(f"kv.{key}={getattr(args, key)}")
     try:
         cfg = config.load(args.job, extra)
     except config.ConfigError as e:
@@ -149,6 +152,10 @@ def parser() -> argparse.ArgumentParser:
     kv.add_argument("--window", type=int, help="requests in flight per worker (default 1)")
     kv.add_argument("--keys-kind", dest="keys_kind", choices=("random", "dense"),
                     help="random hashed keys (default) or dense consecutive ones")
+    kv.add_argument("--chunk-keys", dest="chunk_keys", type=int,
+                    help="kv.chunk_keys: keys per message of a large request (0: no cut)")
+    kv.add_argument("--coalesce-bytes", dest="coalesce_bytes", type=int,
+                    help="kv.coalesce_bytes: batch request messages below this size (0: off)")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
     fb = bsub.add_parser("filters", help="bytes, keys/s and AUC of LR jobs with each "

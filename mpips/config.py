@@ -225,6 +225,12 @@ section("kv", {
                          "chunks of this many (one message each), so that transfer, the "
                          "server's work and the reply overlap; 0: never split",
                          lambda v: None if v == 0 or v >= 1024 else "must be 0 or >= 1024"),
+    "coalesce_bytes": Option(int, 0, "batch small requests: a request message below this "
+                             "size, issued while others are in flight, waits and goes with "
+                             "the next ones in one MPI message when the worker next waits "
+                             "(servers batch the replies alike); 0: off. For windows of "
+                             "small requests; it delays a request issued before a long "
+                             "computation until the next wait", non_negative),
 })
 section("transport", {
     "timeout": Option(float, 120.0, "seconds a wait may take before it fails, naming the peer",

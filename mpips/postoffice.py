@@ -43,7 +43,8 @@ class Postoffice:
     def __init__(self, cfg: Config, tables: list[Table], van: Van | None = None):
         self.cfg = cfg
         self.van = van if van is not None else Van(
-            idle_sleep=cfg.transport.idle_sleep, recv_pool_bytes=cfg.transport.recv_pool_bytes)
+            idle_sleep=cfg.transport.idle_sleep, recv_pool_bytes=cfg.transport.recv_pool_bytes,
+            coalesce_bytes=cfg.kv.coalesce_bytes)
         self.rank = self.van.rank
         self.timeout = cfg.transport.timeout
         self.tables = list(tables)
@@ -107,9 +108,11 @@ class Postoffice:
         return [r for r in known if r not in self.van.dead]
 
     # ---- messages --------------------------------------------------------------
-    def send(self, dest: int, msg: Message) -> None:
+    def send(self, dest: int, msg: Message, defer: bool = False) -> None:
+        """Send ``msg``; ``defer``: it may wait to go with others (the van's
+        coalescing, when ``[kv] coalesce_bytes`` is on)."""
         msg.ring_version = self.ring.version
-        self.van.send(dest, msg)
+        self.van.send(dest, msg, defer)
         if dest == self.layout.scheduler:
             self._last_heartbeat = time.monotonic()  # any message says "alive"
 

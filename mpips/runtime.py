@@ -21,7 +21,8 @@ from .transport import Message, Op, Van
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
     van = Van(idle_sleep=cfg.transport.idle_sleep,
-              recv_pool_bytes=cfg.transport.recv_pool_bytes)
+              recv_pool_bytes=cfg.transport.recv_pool_bytes,
+              coalesce_bytes=cfg.kv.coalesce_bytes)
     try:
         po = Postoffice(cfg, app.tables(), van)
     except Exception as e:

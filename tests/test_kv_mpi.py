@@ -13,20 +13,24 @@ def test_transport_under_pytest_mpi():
     proc = run_mpi(2, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--with-mpi",
                    str(ROOT / "tests" / "test_van_mpi.py"), timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "5 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
 
 
-@pytest.mark.parametrize("n,servers,virtual,chunk", [(3, 1, 1, 0), (5, 2, 1, 1024),
-                                                    (6, 2, 3, 0)])
-def test_counts_are_exact(n, servers, virtual, chunk):
+@pytest.mark.parametrize("n,servers,virtual,chunk,coalesce", [
+    (3, 1, 1, 0, 0), (5, 2, 1, 1024, 0), (6, 2, 3, 0, 0), (5, 2, 1, 0, 1 << 16)])
+def test_counts_are_exact(n, servers, virtual, chunk, coalesce):
     """W workers push +1 to random key sets over S servers: pulls are exact
-    (also with requests of 2000 keys cut into chunks of 1024)."""
+    (also with requests of 2000 keys cut into chunks of 1024, and with small
+    requests batched into bundles)."""
     proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
                    f"layout.servers={servers}", f"layout.virtual_servers={virtual}",
-                   f"kv.chunk_keys={chunk}", "transport.timeout=60", timeout=120)
+                   f"kv.chunk_keys={chunk}", f"kv.coalesce_bytes={coalesce}",
+                   "transport.timeout=60", timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = n - 1 - servers
     assert proc.stdout.count("keys exact") == workers
+    if coalesce:  # the batching took place
+        assert "; 0 bundles sent" not in proc.stdout, proc.stdout[-2000:]
 
 
 def test_work_queue_hands_each_partition_once_per_epoch():

@@ -51,3 +51,35 @@ def test_host_ids_are_consistent():
     van = _van()
     ids = van.host_ids()
     assert len(ids) == van.size and ids[van.rank] <= van.rank
+
+
+@pytest.mark.mpi(min_size=2)
+def test_deferred_small_messages_go_as_one_bundle_in_order():
+    """With coalescing, deferred messages wait for the sender's next poll and
+    go as one MPI message; a message sent without defer (here a large, split
+    one) first flushes what waits, so the receiver sees the order of sends."""
+    from mpips.transport import Message, Op, Van
+    van = Van(idle_sleep=1e-4, coalesce_bytes=1 << 16)
+    if van.rank > 1:
+        return
+    big = np.arange(50_000, dtype=np.uint64)
+    if van.rank == 0:
+        for ts in range(5):
+            van.send(1, Message(op=Op.PUSH, ts=ts, keys=np.arange(ts, dtype=np.uint64),
+                                meta=b"m" * ts), defer=True)
+        assert van.messages_sent == 5 and van.bundles_sent == 0  # all still waiting
+        van.send(1, Message(op=Op.PUSH, ts=5, keys=big))  # flushes the five first
+        van.send(1, Message(op=Op.PUSH, ts=6, keys=big[:3]), defer=True)
+        got = []
+        van.wait_for(lambda m: got.append(m) or True, 30, lambda: "ack from rank 1")
+        assert van.bundles_sent == 1 and got[0].aux == 7
+    else:
+        got = []
+        van.wait_for(lambda m: got.append(m) or len(got) == 7, 30, lambda: "7 from rank 0")
+        assert [m.ts for m in got] == list(range(7))
+        assert [m.bundled for m in got] == [True] * 5 + [False, False]
+        for m in got[:5]:
+            assert m.keys.tolist() == list(range(m.ts)) and m.meta == b"m" * m.ts
+        np.testing.assert_array_equal(got[5].keys, big)
+        van.send(0, Message(op=Op.PUSH_ACK, aux=len(got)))
+    assert van.flush(30)

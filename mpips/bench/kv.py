@@ -187,9 +187,12 @@ class KVBench(App):
         header = (f"{'op':9s} {'keys':>9s} {'reps':>5s} {'keys/s':>11s} {'kv GB/s':>8s} "
                   f"{'MPI GB/s':>9s} {'kv/MPI':>7s} {'naive keys/s':>12s} {'x naive':>8s}")
         filters = sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull))
+        kv = self.cfg.kv
         print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32, "
               f"{b.keys_kind} keys, filters {filters or 'none'}; "
-              f"{b.window} request(s) in flight per worker; MPI = "
+              f"{b.window} request(s) in flight per worker; chunks of "
+              f"{kv.chunk_keys or 'unlimited'} keys; batching "
+              f"{f'below {kv.coalesce_bytes} bytes' if kv.coalesce_bytes else 'off'}; MPI = "
               "plain Isend/Irecv of the same bytes; naive = pickled messages and a dict "
               "per server, same ranks")
         print(header)
@@ -205,7 +208,8 @@ class KVBench(App):
                    "keys_per_s": total_keys / kv_time, "bytes_per_s": moved / kv_time,
                    "mpi_bytes_per_s": moved / mpi_time}
             rec["ratio"] = rec["bytes_per_s"] / rec["mpi_bytes_per_s"]
-            rec.update(window=b.window, keys_kind=b.keys_kind,
+            rec.update(window=b.window, keys_kind=b.keys_kind, chunk_keys=kv.chunk_keys,
+                       coalesce_bytes=kv.coalesce_bytes,
                        filters=sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull)))
             naive = ""
             if "naive_time" in row:

@@ -206,7 +206,8 @@ class KVServer:
         if held.waiting:
             self.awaiting[held.id] = held
         else:
-            self.po.send(held.reply_to, held.reply)
+            # a reply to a request of a bundle goes with the bundle's other replies
+            self.po.send(held.reply_to, held.reply, defer=msg.bundled)
 
     def _check(self, msg: Message) -> list[tuple[int, int, int]]:
         if not 0 <= msg.table < len(self.tables):

@@ -164,6 +164,9 @@ class KVWorker:
             for server in self.po.ring.live_servers:
                 by_dest.setdefault((0, server), [])
         vals = pending.vals
+        # batching: a small request while others are in flight may wait for
+        # the next ones (the van sends them together when this rank waits)
+        defer = len(self._pending) > 1
         for (chunk, server), segs in sorted(by_dest.items()):
             segs.sort()  # a message's keys must stay sorted: spans may come in any order
             rank = self.po.server_rank(server)
@@ -174,7 +177,7 @@ class KVWorker:
                 flags=pending.flags, chunk=chunk,
                 keys=[pending.keys[a:b] for a, b in segs],
                 vals=None if vals is None else [vals[a:b] for a, b in segs],
-                vdim=self.vdim), rank))
+                vdim=self.vdim), rank), defer)
             pending.parts[part] = (rank, segs)
             pending.waiting.add(part)
 

@@ -86,6 +86,7 @@ class Op(enum.IntEnum):
     LOADED = 44           # server -> scheduler
     PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
     NAIVE_BENCH = 46      # worker -> server: serve ``aux`` naive requests (bench)
+    BUNDLE = 47           # van -> van: several small messages in one (meta: their images)
 
 
 Buffer = np.ndarray | list[np.ndarray] | None
@@ -111,6 +112,7 @@ class Message:
     vdim: int = 0
     meta: bytes = b""
     nbytes: int = field(default=0, compare=False)  # bytes on the wire, set on receive
+    bundled: bool = field(default=False, compare=False)  # received inside a BUNDLE
 
     def json(self) -> Any:
         return json.loads(self.meta.decode()) if self.meta else None
@@ -182,6 +184,32 @@ def mark_split(header: np.ndarray) -> np.ndarray:
 def is_split(buf: np.ndarray) -> bool:
     """Whether a received buffer is the header of a split message."""
     return buf.size == HEADER.itemsize and struct.unpack_from("<i", buf, _SPLIT_OFFSET)[0] == 1
+
+
+def encode_bundle(images: list[np.ndarray]) -> np.ndarray:
+    """Several encoded small messages (whole wire images, uint8) as the image
+    of one BUNDLE message: its meta section is the images, each padded to 8."""
+    body = [p for img in images for p in (img, _PAD[: _pad(img.size)])]
+    nbytes = sum(p.size for p in body)
+    header = np.frombuffer(_HEADER_STRUCT.pack(
+        MAGIC, int(Op.BUNDLE), 0, 0, 0, 0, 0, 0, 0, 0, len(images), 0, 0, 0, 0, 0, nbytes),
+        dtype=np.uint8)
+    return np.concatenate([header, *body])
+
+
+def is_bundle(buf: np.ndarray) -> bool:
+    return buf.size > HEADER.itemsize and struct.unpack_from("<H", buf, 4)[0] == Op.BUNDLE
+
+
+def split_bundle(buf: np.ndarray) -> list[np.ndarray]:
+    """The wire images inside a BUNDLE image (views, no copies)."""
+    out = []
+    off = HEADER.itemsize
+    while off < buf.size:
+        size = wire_size(buf[off: off + HEADER.itemsize])
+        out.append(buf[off: off + size])
+        off += size + _pad(size)
+    return out
 
 
 def decode(buf: np.ndarray, source: int) -> Message:

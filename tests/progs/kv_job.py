@@ -138,7 +138,8 @@ class CountsJob(App):
         if not np.array_equal(got3, want3):
             raise AssertionError("vdim-3 float64 table has wrong rows")
         print(f"worker {po.worker_index()}: {keys.size} keys exact "
-              f"(first {int(keys[0])}, last {int(keys[-1])})", flush=True)
+              f"(first {int(keys[0])}, last {int(keys[-1])}); "
+              f"{po.van.bundles_sent} bundles sent", flush=True)
         return {"checked": int(keys.size)}
 
 
