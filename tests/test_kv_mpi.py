@@ -90,3 +90,15 @@ def test_bench_store_reports_rates_and_bytes(tmp_path):
     assert [r["handle"] for r in rows] == ["Add", "AdaGrad"]
     assert rows[0]["bytes_per_param"] <= 20 and rows[1]["bytes_per_param"] <= 28
     assert all(r["inserts_per_s"] > 0 and r["lookups_per_s"] > 0 for r in rows)
+
+
+def test_a_receiver_does_not_block_on_a_slow_peer():
+    """With Open MPI's single copy off, a large message moves only while its
+    sender calls MPI (as over TCP): a rank busy computing must not hold up
+    the receiver, which serves another rank's later message first."""
+    proc = run_mpi(3, "python", "tests/progs/slow_peer.py", timeout=60,
+                   env={"OMPI_MCA_smsc": "^cma"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("first from"))
+    words = line.replace(",", "").split()
+    assert words[3] == "2" and float(words[5]) < 1.0, line  # rank 2's, well before 1.5 s

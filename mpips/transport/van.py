@@ -17,10 +17,13 @@ This is the only module of mpips that talks to MPI.
   per destination is kept: a message sent without ``defer`` first flushes
   its destination's outbox. The receiver takes a bundle apart (views, no
   copies) and hands its messages over one by one, marked ``bundled``.
-* ``poll`` matches one header with ``Improbe``, receives it with ``Mrecv``,
-  and the sections that follow it into the same uint8 array, which
-  :func:`decode` views without copies: a large buffer is reused once no view
-  of it is alive (:mod:`.pool`).
+* ``poll`` matches one header with ``Improbe`` and receives it with
+  ``Mrecv``; the sections that follow a split header arrive with ``Irecv``
+  into the same uint8 array while other ranks' messages go on being served
+  (a peer that computes without calling MPI moves no bytes over TCP), and a
+  rank's later messages wait behind its earlier ones. :func:`decode` views
+  the array without copies; a large buffer is reused once no view of it is
+  alive (:mod:`.pool`).
 * Idle ranks wait by polling with short sleeps: Open MPI's blocking calls
   busy-poll, which starves busy ranks when ranks outnumber cores.
 * Failures: under an MPI with ULFM (Open MPI 5 started with
@@ -38,6 +41,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
@@ -90,6 +94,16 @@ class TransportTimeout(TimeoutError):
     """A wait ran out of time; the message names what was awaited."""
 
 
+@dataclass
+class _Arriving:
+    """A split message whose sections are still being received."""
+
+    buf: np.ndarray   # the whole message, header first
+    off: int          # bytes received so far
+    total: int
+    req: MPI.Request | None = None  # the receive of the next section
+
+
 def _bodies(parts: list[np.ndarray]) -> list[np.ndarray]:
     """The sections of a split message as contiguous messages: large parts as
     they are, runs of small ones packed into one buffer."""
@@ -127,6 +141,9 @@ class Van:
         self._outbox: dict[int, list[np.ndarray]] = {}  # dest -> deferred wire images
         self._outbox_bytes: dict[int, int] = {}
         self._bundled: deque[Message] = deque()  # received in a bundle, not yet handed over
+        # per source: split messages still arriving, and messages behind them
+        self._arriving: dict[int, deque[_Arriving | np.ndarray]] = {}
+        self._body_status = MPI.Status()
         self.bundles_sent = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -246,13 +263,21 @@ class Van:
 
     # ---- receiving ---------------------------------------------------------
     def poll(self) -> Message | None:
-        """Receive one waiting message (or failure event), or None."""
+        """Receive one waiting message (or failure event), or None. Never blocks
+        on a peer: the sections of a split message are received with Irecv in
+        the background, while messages of other ranks go on being served (a
+        peer busy computing may move its bytes only when it calls MPI, as over
+        TCP); a rank's later messages wait behind its earlier ones."""
         if self._events:
             return self._events.popleft()
         if self._bundled:
             return self._bundled.popleft()
         if self._outbox:
             self.flush_outbox()  # nothing received is pending: deferred sends go now
+        if self._arriving:
+            msg = self._deliver_arrived()
+            if msg is not None:
+                return msg
         try:
             mprobe = self.comm.Improbe(MPI.ANY_SOURCE, TAG_DATA, self._status)
         except MPI.Exception as e:
@@ -265,11 +290,22 @@ class Van:
         buf = self.pool.get(self._status.Get_count(MPI.BYTE))
         try:
             mprobe.Recv([buf, MPI.BYTE])
-            if is_split(buf):
-                buf = self._receive_body(buf, source)
         except MPI.Exception as e:
             self._failure(e)
             return self._events.popleft() if self._events else None
+        if is_split(buf):
+            total = wire_size(buf)
+            whole = self.pool.get(total)
+            whole[: buf.size] = buf
+            self._arriving.setdefault(source, deque()).append(_Arriving(whole, buf.size, total))
+            return self._deliver_arrived()
+        if source in self._arriving:  # behind a message of the same rank still arriving
+            self._arriving[source].append(buf)
+            return self._deliver_arrived()
+        return self._accept(buf, source)
+
+    def _accept(self, buf: np.ndarray, source: int) -> Message | None:
+        """A whole received message: decoded (a bundle into its messages)."""
         if source in self.dead:
             return None  # a late message from a rank declared gone
         self.bytes_received += buf.size
@@ -282,18 +318,48 @@ class Van:
             return self._bundled.popleft() if self._bundled else None
         return decode(buf, source)
 
-    def _receive_body(self, header: np.ndarray, source: int) -> np.ndarray:
-        """The sections of a split message, after its header: they are on their
-        way already (sent with the header), and the receiver copies them."""
-        total = wire_size(header)
-        buf = self.pool.get(total)
-        buf[: header.size] = header
-        off = header.size
-        status = self._status
-        while off < total:
-            self.comm.Recv([buf[off:], MPI.BYTE], source, TAG_BODY, status)
-            off += status.Get_count(MPI.BYTE)
-        return buf
+    def _deliver_arrived(self) -> Message | None:
+        """Advance the split messages still arriving; hand over the first
+        message, in each rank's order, that is complete."""
+        for source in list(self._arriving):
+            queue = self._arriving[source]
+            while queue:
+                head = queue[0]
+                if source in self.dead:
+                    queue.clear()
+                    break
+                if isinstance(head, _Arriving):
+                    try:
+                        if not self._advance(head, source):
+                            break
+                    except MPI.Exception as e:
+                        self._failure(e)
+                        queue.clear()
+                        break
+                    queue[0] = head.buf
+                msg = self._accept(queue.popleft(), source)
+                if msg is not None:
+                    if not queue:
+                        del self._arriving[source]
+                    return msg
+            if not queue:
+                del self._arriving[source]
+        return None
+
+    def _advance(self, arriving: _Arriving, source: int) -> bool:
+        """Receive what has come of a split message's sections; True when whole.
+        They were sent with the header, one message each, in order."""
+        status = self._body_status
+        while True:
+            if arriving.req is None:
+                if arriving.off >= arriving.total:
+                    return True
+                arriving.req = self.comm.Irecv([arriving.buf[arriving.off:], MPI.BYTE],
+                                               source, TAG_BODY)
+            if not arriving.req.Test(status):
+                return False
+            arriving.off += status.Get_count(MPI.BYTE)
+            arriving.req = None
 
     def wait_for(self, handle: Callable[[Message], bool], timeout: float,
                  what: Callable[[], str], idle: Callable[[], None] | None = None) -> None:
