@@ -32,8 +32,14 @@ def reference_run(handle, vdim, dtype, rounds=40, seed=0):
 
 @pytest.mark.parametrize("handle", [Add(), Assign(), SGD(lr=0.5), AdaGrad(lr=0.3)])
 @pytest.mark.parametrize("vdim,dtype", [(1, np.float32), (4, np.float64)])
-def test_store_matches_reference(handle, vdim, dtype):
+@pytest.mark.parametrize("delta_min", [1 << 16, 64])
+def test_store_matches_reference(handle, vdim, dtype, delta_min, monkeypatch):
+    """Also with a small delta limit: new keys go to the delta, which is
+    compacted into the main run many times over."""
+    monkeypatch.setattr(store_module, "DELTA_MIN", delta_min)
     store, ref = reference_run(handle, vdim, dtype)
+    if delta_min == 64:
+        assert store.compactions > 3
     keys = np.array(sorted(ref), dtype=np.uint64)
     got = store.pull(keys)
     want = np.array([ref[k] for k in keys.tolist()]).reshape(-1, vdim)
@@ -120,3 +126,31 @@ def test_inserts_grow_buffers_rarely_and_keep_spare_bounded():
     assert store.bytes_per_key() <= 1.25 * (8 + 4 + 4) + 1e-9
     fresh = np.setdiff1d(universe, store.keys)[:5]
     np.testing.assert_array_equal(store.pull(fresh)[:, 0], 0.25)
+
+
+def test_new_keys_take_the_delta_then_the_main_run_and_slots_stay_right():
+    """Small inserts go to the delta (the main run does not move), an insert
+    that overflows it merges delta and new keys into the main run, a bulk
+    load goes straight there; pushpull results show every slot was right."""
+    store = SortedStore(1, np.float64, Add())
+    universe = np.sort(mix64(np.arange(400_000, dtype=np.uint64)))
+    main = universe[::2]
+    store.push(main, np.ones(main.size))                 # bulk load: main run
+    assert (store._main, store._delta) == (main.size, 0)
+    rng = np.random.default_rng(1)
+    counts = dict.fromkeys(main.tolist(), 1.0)
+    for size in (5_000, 40_000, 120_000):               # delta, delta, into the main run
+        keys = np.sort(rng.choice(universe, size, replace=False))
+        got = store.pushpull(keys, np.ones(size))[:, 0]
+        for k in keys.tolist():
+            counts[k] = counts.get(k, 0.0) + 1
+        np.testing.assert_array_equal(got, [counts[k] for k in keys.tolist()])
+    assert store.compactions == 1 and store._delta == 0
+    store.push(universe[:10], np.ones(10))  # lands in the delta again
+    assert store._delta > 0
+    for k in universe[:10].tolist():
+        counts[k] = counts.get(k, 0.0) + 1
+    keys = np.array(sorted(counts), dtype=np.uint64)
+    np.testing.assert_array_equal(store.pull(keys)[:, 0], [counts[k] for k in keys.tolist()])
+    np.testing.assert_array_equal(store.keys, keys)     # compacts: one sorted run
+    assert store._delta == 0 and store.compactions == 2

@@ -2,10 +2,11 @@
 
 For each size N it fills a SortedStore with N new random (hashed) keys in
 batches, then times lookups of random stored keys (pull), updates (push,
-the table's handle applied in place) and repeated key lists (push again:
-the slot cache), and reports bytes per parameter with and without an
-AdaGrad accumulator. Key generation (hash and sort) is done before the
-clock starts.
+the table's handle applied in place), repeated key lists (push again: the
+slot cache) and small requests of new keys into the filled store (the
+delta), and reports bytes per parameter with and without an AdaGrad
+accumulator, counted and as the growth of the process's resident memory.
+Key generation (hash and sort) is done before the clock starts.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def rss_bytes() -> int:
         return 0
 
 
-def bench_size(n: int, batch: int, handle, seed: int = 0) -> dict:
+def bench_size(n: int, batch: int, handle, seed: int = 0, small: int = 10_000,
+               small_rounds: int = 50) -> dict:
     batches = [np.sort(hash_feature(np.arange(a, min(n, a + batch))))
                for a in range(0, n, batch)]
     ones = np.ones(batch, np.float32)
@@ -52,9 +54,16 @@ def bench_size(n: int, batch: int, handle, seed: int = 0) -> dict:
     pull = _timed(lambda: store.pull(probe))
     push = _timed(lambda: store.push(probe, vals, sender=1))   # searches, caches slots
     again = _timed(lambda: store.push(probe, vals, sender=1))  # slot cache hit
+    # small requests of new keys into the filled store (the delta's case)
+    fresh = [np.sort(hash_feature(np.arange(n + i * small, n + (i + 1) * small)))
+             for i in range(small_rounds)]
+    ones_small = np.ones(small, np.float32)
+    small_time = sum(_timed(lambda k=k: store.push(k, ones_small)) for k in fresh)
     return {"keys": n, "batch": batch, "handle": type(handle).__name__,
             "inserts_per_s": n / insert, "lookups_per_s": probe.size / pull,
             "updates_per_s": probe.size / push, "cached_updates_per_s": probe.size / again,
+            "small_batch": small, "small_inserts_per_s": small * small_rounds / small_time,
+            "compactions": store.compactions,
             "bytes_per_param": store.bytes_per_key(),
             "rss_bytes_per_param": rss_filled / n if rss_before else None,
             "reserved_bytes_per_param": store.reserved_bytes / n}
@@ -64,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="1e6,1e7", help="comma-separated key counts "
                    "(1e8 needs about 2 GB)")
     p.add_argument("--batch", type=float, default=1e6, help="keys per insert request")
+    p.add_argument("--small", type=float, default=1e4, help="keys per small insert request "
+                   "(new keys into the filled store)")
     p.add_argument("--json", help="append JSON lines to this file")
 
 
@@ -75,14 +86,16 @@ def run(args: argparse.Namespace) -> int:
     print("B/param: bytes of the stored rows per parameter (key included); RSS: the "
           "growth of this process's resident memory while filling, per parameter; "
           "reserved: address space of the buffers (spare rows are never touched)")
-    print(f"{'keys':>11s} {'handle':>8s} {'inserts/s':>11s} {'lookups/s':>11s} "
-          f"{'updates/s':>11s} {'cached upd/s':>12s} {'B/param':>8s} {'RSS B/p':>8s} "
-          f"{'reserved':>8s}")
+    print(f"small inserts: {int(args.small)} new keys a request into the filled store")
+    print(f"{'keys':>11s} {'handle':>8s} {'inserts/s':>11s} {'small ins/s':>11s} "
+          f"{'lookups/s':>11s} {'updates/s':>11s} {'cached upd/s':>12s} {'B/param':>8s} "
+          f"{'RSS B/p':>8s} {'reserved':>8s}")
     for n in sizes:
         for handle in (Add(), AdaGrad()):
-            rec = bench_size(n, int(args.batch), handle)
+            rec = bench_size(n, int(args.batch), handle, small=int(args.small))
             print(f"{n:11d} {rec['handle']:>8s} {rec['inserts_per_s']:11.4g} "
-                  f"{rec['lookups_per_s']:11.4g} {rec['updates_per_s']:11.4g} "
+                  f"{rec['small_inserts_per_s']:11.4g} {rec['lookups_per_s']:11.4g} "
+                  f"{rec['updates_per_s']:11.4g} "
                   f"{rec['cached_updates_per_s']:12.4g} {rec['bytes_per_param']:8.1f} "
                   f"{rec['rss_bytes_per_param'] or float('nan'):8.1f} "
                   f"{rec['reserved_bytes_per_param']:8.1f}", flush=True)
@@ -92,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from ..cli import huge_pages_off
     parser = argparse.ArgumentParser(prog="python -m mpips.bench.store", description=__doc__)
     add_arguments(parser)
+    huge_pages_off()
     raise SystemExit(run(parser.parse_args()))
