@@ -167,6 +167,12 @@ def parser() -> argparse.ArgumentParser:
     _filter_bench_args(fb)
     fb.set_defaults(func=lambda args: __import__("mpips.bench.filters", fromlist=["x"])
                     .cli_main(args))
+    from .bench import path as bench_path
+    pa = bsub.add_parser("path", help="where the time of one request goes, stage by stage "
+                         "(no MPI)", description=bench_path.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_path.add_arguments(pa)
+    pa.set_defaults(func=bench_path.run)
     from .bench import store as bench_store
     st = bsub.add_parser("store", help="one server's storage alone: inserts, lookups, "
                          "bytes per parameter (no MPI)", description=bench_store.__doc__)

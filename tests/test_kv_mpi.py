@@ -90,6 +90,25 @@ def test_bench_store_reports_rates_and_bytes(tmp_path):
     assert [r["handle"] for r in rows] == ["Add", "AdaGrad"]
     assert rows[0]["bytes_per_param"] <= 20 and rows[1]["bytes_per_param"] <= 28
     assert all(r["inserts_per_s"] > 0 and r["lookups_per_s"] > 0 for r in rows)
+    assert all(r["small_inserts_per_s"] > 0 and r["rss_bytes_per_param"] is not None
+               for r in rows)
+
+
+def test_bench_path_times_every_stage(tmp_path):
+    import json
+
+    from tests.mpitools import run_py
+    out = tmp_path / "path.jsonl"
+    proc = run_py("-m", "mpips", "bench", "path", "--sizes", "1e3,2e4", "--json", str(out),
+                  timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["keys"] for r in rows] == [1000, 20000]
+    for r in rows:
+        assert len(r["stages_s"]) == 12 and all(v > 0 for v in r["stages_s"].values())
+        # a repeated list skips the search; the sums are the stages added up
+        assert r["round trip, repeated list"] < r["round trip, new list"]
+    assert "server: store, new list (search)" in proc.stdout
 
 
 def test_a_receiver_does_not_block_on_a_slow_peer():
