@@ -1,8 +1,10 @@
 """``bench kv``: push, pull and pushpull throughput next to raw MPI.
 
 Every worker sends requests of K random sparse keys (vdim D, float32) to the
-servers, which really store them (``add`` handle). For each size, after a
-warm-up request that inserts the keys, the workers meet at a barrier and time
+servers, which really store them (``add`` handle), among ``background_keys``
+random keys stored first: no request is a contiguous run of a store (served
+with views, without a lookup). For each size, after a warm-up request that
+inserts the keys, the workers meet at a barrier and time
 R requests of each op, one at a time (send, then wait for every server's
 reply). Then, in the same run, they move the same bytes between the same
 ranks with plain MPI Isend/Irecv (no framing, no storage) and time that too.
@@ -46,6 +48,10 @@ section("bench", {
     "naive_max_keys": Option(int, 100_000, "largest request size also run through the "
                              "hand-written pickled-dict server (0: never)",
                              lambda v: None if v >= 0 else "must be >= 0"),
+    "background_keys": Option(int, 1_000_000, "random keys stored first (in all), so that "
+                              "no request is a contiguous run of the store (which the store "
+                              "serves with views, no lookup)",
+                              lambda v: None if v >= 0 else "must be >= 0"),
 })
 
 OPS = ("push", "pull", "pushpull")
@@ -109,6 +115,11 @@ class KVBench(App):
         w, nw = po.worker_index(), po.num_workers
         rows = []
         window = self.b.window
+        if self.b.background_keys:
+            share = self.b.background_keys // nw
+            ids = np.arange(share, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
+            kv.wait(kv.push(np.sort(hash_feature(ids, salt=1 << 40)),
+                            np.zeros((share, self.b.vdim), np.float32)))
         for nkeys in request_sizes(self.b.min_keys, self.b.keys):
             keys = self._keys(nkeys, w, nw)
             vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
@@ -189,7 +200,8 @@ class KVBench(App):
         filters = sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull))
         kv = self.cfg.kv
         print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32, "
-              f"{b.keys_kind} keys, filters {filters or 'none'}; "
+              f"{b.keys_kind} keys among {b.background_keys} stored first, "
+              f"filters {filters or 'none'}; "
               f"{b.window} request(s) in flight per worker; chunks of "
               f"{kv.chunk_keys or 'unlimited'} keys; batching "
               f"{f'below {kv.coalesce_bytes} bytes' if kv.coalesce_bytes else 'off'}; MPI = "
@@ -209,6 +221,7 @@ class KVBench(App):
                    "mpi_bytes_per_s": moved / mpi_time}
             rec["ratio"] = rec["bytes_per_s"] / rec["mpi_bytes_per_s"]
             rec.update(window=b.window, keys_kind=b.keys_kind, chunk_keys=kv.chunk_keys,
+                       background_keys=b.background_keys,
                        coalesce_bytes=kv.coalesce_bytes,
                        filters=sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull)))
             naive = ""
