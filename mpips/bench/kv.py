@@ -3,11 +3,14 @@
 Every worker sends requests of K random sparse keys (vdim D, float32) to the
 servers, which really store them (``add`` handle), among ``background_keys``
 random keys stored first: no request is a contiguous run of a store (served
-with views, without a lookup). For each size, after a warm-up request that
-inserts the keys, the workers meet at a barrier and time
-R requests of each op, one at a time (send, then wait for every server's
-reply). Then, in the same run, they move the same bytes between the same
-ranks with plain MPI Isend/Irecv (no framing, no storage) and time that too.
+with views, without a lookup). For each size, after two warm-up requests
+(a push that inserts the keys, a pull after which the servers know where
+they are), the workers meet at a barrier and time R requests of each op,
+one at a time (send, then wait for every server's reply): a repeated key
+list, as when minibatches come back epoch after epoch (``bench path`` shows
+what a list never seen costs). Then, in the same run, they move the same
+bytes between the same ranks with plain MPI Isend/Irecv (no framing, no
+storage; one untimed exchange first) and time that too.
 Throughput is summed over workers: total keys / slowest worker's time.
 With ``window`` W > 1 each worker keeps W requests in flight.
 
@@ -40,7 +43,7 @@ section("bench", {
     "min_keys": Option(int, 1000, "smallest request size in keys", positive),
     "vdim": Option(int, 1, "values per key", positive),
     "repeat": Option(int, 0, "requests timed per op and size; 0 picks about 2e7 keys' worth "
-                     "(at least 3, at most 200)", lambda v: None if v >= 0 else "must be >= 0"),
+                     "(at least 5, at most 200)", lambda v: None if v >= 0 else "must be >= 0"),
     "json": Option(str, "", "append one JSON line per measurement to this file"),
     "window": Option(int, 1, "requests a worker keeps in flight", positive),
     "keys_kind": Option(str, "random", "random (hashed, sparse) or dense (consecutive) keys",
@@ -86,7 +89,7 @@ class KVBench(App):
     def _repeat(self, nkeys: int) -> int:
         if self.b.repeat:
             return self.b.repeat
-        return int(min(200, max(3, 2e7 // (nkeys * self.b.vdim))))
+        return int(min(200, max(5, 2e7 // (nkeys * self.b.vdim))))
 
     def on_server_start(self, po: Postoffice, server) -> None:
         store: dict[int, object] = {}  # the naive server's dict, kept across sizes
@@ -124,7 +127,8 @@ class KVBench(App):
             keys = self._keys(nkeys, w, nw)
             vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
             outs = [np.empty_like(vals) for _ in range(window)]
-            kv.wait(kv.push(keys, vals))  # warm-up: the servers insert the keys
+            kv.wait(kv.push(keys, vals))  # warm-up: the servers insert the keys,
+            kv.wait(kv.pull(keys, outs[0]))  # then remember where they are
             reps = max(self._repeat(nkeys), window)
             for op in OPS:
                 po.barrier(WORKERS)
@@ -181,11 +185,12 @@ class KVBench(App):
             n = sum(b - a for _, a, b in by_server.get(server, []))
             up, down = wire_bytes(op, n, self.b.vdim)
             rank = po.server_rank(server)
-            po.send(rank, Message(op=Op.RAW_BENCH, aux=reps, aux2=up,
+            po.send(rank, Message(op=Op.RAW_BENCH, aux=reps + 1, aux2=up,
                                   meta=str(down).encode()))
             peers.append(rank)
             out.append(np.ones(up, dtype=np.uint8))
             inbox.append(np.empty(down, dtype=np.uint8))
+        po.van.raw_exchange(peers, out, inbox)  # warm-up: the buffers' pages, touched
         t = time.perf_counter()
         for _ in range(reps):
             po.van.raw_exchange(peers, out, inbox)

@@ -24,8 +24,9 @@ import numpy as np
 
 from .handles import Handle
 
-# Slots kept for repeated key lists, per store (8 bytes each, plus the keys of
-# lists not named by a signature).
+# Slots kept for repeated key lists, per store, at least (8 bytes each, plus
+# the keys of lists not named by a signature); a store of more keys keeps as
+# many slots as it has keys.
 SLOT_CACHE_ENTRIES = 1 << 23
 
 
@@ -359,14 +360,17 @@ class SortedStore:
         return hit[1]
 
     def _remember(self, who: Hashable, keys: np.ndarray, pos: np.ndarray) -> None:
-        """Keep the slots of a key list, within SLOT_CACHE_ENTRIES slots in all."""
+        """Keep the slots of a key list, within max(SLOT_CACHE_ENTRIES, keys
+        stored) slots in all: a store can remember a repeated list of any
+        size it holds."""
         old = self._slots.pop(who, None)
         if old is not None:
             self._slot_entries -= old[1].size
         signed = isinstance(who, Signed)
         self._slots[who] = (None if signed else keys.copy(), pos, self.version)
         self._slot_entries += pos.size
-        while self._slot_entries > SLOT_CACHE_ENTRIES and len(self._slots) > 1:
+        budget = max(SLOT_CACHE_ENTRIES, len(self))
+        while self._slot_entries > budget and len(self._slots) > 1:
             _, dropped = self._slots.popitem(last=False)
             self._slot_entries -= dropped[1].size
 
