@@ -221,7 +221,7 @@ section("layout", {
                            "there are several"),
 })
 section("kv", {
-    "chunk_keys": Option(int, 1 << 18, "a request with more keys goes to each server in "
+    "chunk_keys": Option(int, 1 << 20, "a request with more keys goes to each server in "
                          "chunks of this many (one message each), so that transfer, the "
                          "server's work and the reply overlap; 0: never split",
                          lambda v: None if v == 0 or v >= 1024 else "must be 0 or >= 1024"),

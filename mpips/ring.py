@@ -44,6 +44,17 @@ def mix64(x: np.ndarray | int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def mix64_int(x: int) -> int:
+    """:func:`mix64` of one Python int (1 us, against 10 us through numpy scalars)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def hash_feature(ids: np.ndarray | int, salt: int = 0) -> np.ndarray:
     """Keys for raw integer feature ids, with a namespace ``salt``.
 

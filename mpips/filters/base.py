@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..ring import mix64
+from ..ring import mix64_int
 
 # Bits of the header's ``filters`` field.
 KEY_CACHE_HIT = 1 << 0     # keys section = [signature, n]: the receiver has the list
@@ -59,7 +59,8 @@ class FilterStats:
         return {k: v for k, v in asdict(self).items() if v}
 
 
-_SIG_SALT = np.uint64(0x6A09E667F3BCC909)
+_SIG_SALT = 0x6A09E667F3BCC909
+_MASK64 = (1 << 64) - 1
 _SIG_BLOCK = 4096
 _sig_rng = np.random.default_rng(0x5EED)
 # Odd 64-bit weights: one per position in a block, one per block (grown on demand).
@@ -87,16 +88,14 @@ def signature(keys: np.ndarray) -> int:
     keys = np.ascontiguousarray(keys)
     n = keys.size
     m = n // _SIG_BLOCK
-    with np.errstate(over="ignore"):
-        total = 0
-        if m:
-            sums = keys[: m * _SIG_BLOCK].reshape(m, _SIG_BLOCK) @ _SIG_W
-            total = int(np.dot(sums, _block_weights(m + 1)[:m]))
-        if n > m * _SIG_BLOCK:
-            tail = int(np.dot(keys[m * _SIG_BLOCK:], _SIG_W[: n - m * _SIG_BLOCK]))
-            total += tail * int(_block_weights(m + 1)[m])
-        mixed = mix64(np.uint64(total % 2**64) ^ _SIG_SALT) ^ mix64(np.uint64(n))
-        return int(mix64(mixed))
+    total = 0  # integer dot products wrap modulo 2^64, as wanted
+    if m:
+        sums = keys[: m * _SIG_BLOCK].reshape(m, _SIG_BLOCK) @ _SIG_W
+        total = int(np.dot(sums, _block_weights(m + 1)[:m]))
+    if n > m * _SIG_BLOCK:
+        tail = int(np.dot(keys[m * _SIG_BLOCK:], _SIG_W[: n - m * _SIG_BLOCK]))
+        total += tail * int(_block_weights(m + 1)[m])
+    return mix64_int(mix64_int((total & _MASK64) ^ _SIG_SALT) ^ mix64_int(n))
 
 
 def bytes_to_words(data: bytes | np.ndarray) -> np.ndarray:
