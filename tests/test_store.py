@@ -154,3 +154,14 @@ def test_new_keys_take_the_delta_then_the_main_run_and_slots_stay_right():
     np.testing.assert_array_equal(store.pull(keys)[:, 0], [counts[k] for k in keys.tolist()])
     np.testing.assert_array_equal(store.keys, keys)     # compacts: one sorted run
     assert store._delta == 0 and store.compactions == 2
+
+
+@pytest.mark.parametrize("n,m", [(10, 5), (300_000, 100), (300_000, 200_000), (1 << 17, 70_000)])
+def test_search_sorted_matches_numpy(n, m):
+    rng = np.random.default_rng(n + m)
+    stored = np.sort(mix64(np.arange(n, dtype=np.uint64)))
+    queries = np.sort(np.concatenate([rng.choice(stored, m // 2),  # some stored, some not
+                                      mix64(np.arange(n, n + m - m // 2, dtype=np.uint64)),
+                                      stored[[0, -1]]]))
+    np.testing.assert_array_equal(store_module.search_sorted(stored, queries),
+                                  np.searchsorted(stored, queries))

@@ -30,6 +30,37 @@ from .handles import Handle
 SLOT_CACHE_ENTRIES = 1 << 23
 
 
+# search_sorted: queries are grouped by blocks of this many stored keys once
+# they are many (at least SEARCH_GROUP_QUERIES per block).
+SEARCH_BLOCK = 1 << 16
+SEARCH_GROUP_QUERIES = 16
+
+
+def search_sorted(stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(stored, queries)`` for sorted ``queries``, faster on
+    large arrays: numpy searches each query over all of what is left of
+    ``stored``, so most of its probes miss the cache once ``stored`` is
+    larger than it (200 ns a key in 5e7 keys). Many queries are grouped by
+    the block of 2^16 stored keys (512 KiB) they fall in, and each group is
+    searched in its block alone (measured: 1e6 queries in 5e7 keys 82 ms
+    instead of 147, in 1e7 keys 37 ms instead of 49)."""
+    n = stored.size
+    blocks = -(-n // SEARCH_BLOCK)
+    if blocks < 2 or queries.size < SEARCH_GROUP_QUERIES * blocks:
+        return np.searchsorted(stored, queries)
+    cuts = np.empty(blocks + 1, dtype=np.intp)
+    cuts[0], cuts[-1] = 0, queries.size
+    # queries[cuts[b]:cuts[b + 1]] are at least stored[b * BLOCK] (b > 0) and
+    # below stored[(b + 1) * BLOCK]: their positions lie in that block
+    cuts[1:-1] = np.searchsorted(queries, stored[SEARCH_BLOCK::SEARCH_BLOCK])
+    out = np.empty(queries.size, dtype=np.intp)
+    for b in np.flatnonzero(cuts[1:] > cuts[:-1]).tolist():
+        lo, i, j = b * SEARCH_BLOCK, cuts[b], cuts[b + 1]
+        out[i:j] = np.searchsorted(stored[lo: lo + SEARCH_BLOCK], queries[i:j])
+        out[i:j] += lo
+    return out
+
+
 @dataclass(frozen=True)
 class Signed:
     """A requester's key list named by the key-cache filter's 64-bit signature:
@@ -234,7 +265,7 @@ class SortedStore:
         main, delta = self._main, self._delta
         bufs = self._row_bufs()
         dkeys = self._kbuf[main: main + delta]
-        dpos = np.searchsorted(self._kbuf[:main], dkeys)
+        dpos = search_sorted(self._kbuf[:main], dkeys)
         m = new_keys.size
         rows = [b[main: main + delta] for b in bufs[1:]]
         if m:  # the union of two disjoint sorted runs, rows alongside
@@ -289,12 +320,12 @@ class SortedStore:
         if not many and delta + m <= limit:
             dkeys = self._kbuf[main: main + delta]
             merge_in_place([b[main:] for b in self._row_bufs()], delta,
-                           np.searchsorted(dkeys, new_keys), [new_keys, *self._init_fills()])
+                           search_sorted(dkeys, new_keys), [new_keys, *self._init_fills()])
             self._delta += m
             # main rows did not move; the delta's did, and it is small: search it
             in_delta = np.flatnonzero(missing | (pos >= main))
             slots = pos.copy()
-            slots[in_delta] = main + np.searchsorted(
+            slots[in_delta] = main + search_sorted(
                 self._kbuf[main: main + self._delta], keys[in_delta])
             return slots
         union, upos = self._merge_delta(new_keys, new_main_pos)
@@ -330,7 +361,7 @@ class SortedStore:
         """Slots, found mask, and each key's position in the main run."""
         main, delta = self._main, self._delta
         stored = self._kbuf[:main]
-        main_pos = np.searchsorted(stored, keys)
+        main_pos = search_sorted(stored, keys)
         found = np.take(stored, main_pos, mode="clip") == keys if main else \
             np.zeros(keys.size, dtype=bool)
         slots = main_pos
@@ -338,7 +369,7 @@ class SortedStore:
             rest = np.flatnonzero(~found)
             if rest.size:
                 dkeys = self._kbuf[main: main + delta]
-                dpos = np.searchsorted(dkeys, keys[rest])
+                dpos = search_sorted(dkeys, keys[rest])
                 slots = main_pos.copy()
                 slots[rest] = main + dpos
                 found[rest] = np.take(dkeys, dpos, mode="clip") == keys[rest]
