@@ -37,14 +37,19 @@ class JobPreempted(Exception):
     """The scheduler wrote a checkpoint on a signal and stops the job."""
 
 
+def van_for(cfg: Config) -> Van:
+    """This rank's van, set up from the job's [transport] and [kv] sections."""
+    return Van(idle_sleep=cfg.transport.idle_sleep,
+               recv_pool_bytes=cfg.transport.recv_pool_bytes,
+               coalesce_bytes=cfg.kv.coalesce_bytes)
+
+
 class Postoffice:
     """Per-rank runtime: van, layout, ring, tables and message routing."""
 
     def __init__(self, cfg: Config, tables: list[Table], van: Van | None = None):
         self.cfg = cfg
-        self.van = van if van is not None else Van(
-            idle_sleep=cfg.transport.idle_sleep, recv_pool_bytes=cfg.transport.recv_pool_bytes,
-            coalesce_bytes=cfg.kv.coalesce_bytes)
+        self.van = van if van is not None else van_for(cfg)
         self.rank = self.van.rank
         self.timeout = cfg.transport.timeout
         self.tables = list(tables)

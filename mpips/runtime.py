@@ -13,16 +13,14 @@ from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
 from .apps.base import App
 from .config import Config
 from .kv.server import KVServer
-from .postoffice import ALL, JobPreempted, Postoffice
+from .postoffice import ALL, JobPreempted, Postoffice, van_for
 from .scheduler import Scheduler
-from .transport import Message, Op, Van
+from .transport import Message, Op
 
 
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
-    van = Van(idle_sleep=cfg.transport.idle_sleep,
-              recv_pool_bytes=cfg.transport.recv_pool_bytes,
-              coalesce_bytes=cfg.kv.coalesce_bytes)
+    van = van_for(cfg)
     try:
         po = Postoffice(cfg, app.tables(), van)
     except Exception as e:

@@ -60,7 +60,6 @@ class FilterStats:
 
 
 _SIG_SALT = 0x6A09E667F3BCC909
-_MASK64 = (1 << 64) - 1
 _SIG_BLOCK = 4096
 _sig_rng = np.random.default_rng(0x5EED)
 # Odd 64-bit weights: one per position in a block, one per block (grown on demand).
@@ -88,14 +87,14 @@ def signature(keys: np.ndarray) -> int:
     keys = np.ascontiguousarray(keys)
     n = keys.size
     m = n // _SIG_BLOCK
-    total = 0  # integer dot products wrap modulo 2^64, as wanted
+    total = 0  # modulo 2^64: numpy's integer dots wrap, and mix64_int masks
     if m:
         sums = keys[: m * _SIG_BLOCK].reshape(m, _SIG_BLOCK) @ _SIG_W
         total = int(np.dot(sums, _block_weights(m + 1)[:m]))
     if n > m * _SIG_BLOCK:
         tail = int(np.dot(keys[m * _SIG_BLOCK:], _SIG_W[: n - m * _SIG_BLOCK]))
         total += tail * int(_block_weights(m + 1)[m])
-    return mix64_int(mix64_int((total & _MASK64) ^ _SIG_SALT) ^ mix64_int(n))
+    return mix64_int(mix64_int(total ^ _SIG_SALT) ^ mix64_int(n))
 
 
 def bytes_to_words(data: bytes | np.ndarray) -> np.ndarray:

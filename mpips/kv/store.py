@@ -1,17 +1,18 @@
-"""Server storage for one table: sorted key array plus value and state rows.
+"""Server storage for one table: sorted key arrays plus value and state rows.
 
-No Python object per key: keys are one sorted uint64 array, values one
-(n, vdim) array, each per-key state (an optimizer accumulator) another.
-Lookup is one ``searchsorted``; new keys of a request are merged in at once,
-in place: the buffers keep spare rows (address space the OS backs only when
-written), and the stored rows move right chunk by chunk, so no buffer of the
-store's size is allocated per insert (fresh memory costs page faults). A
-request whose keys are a contiguous run of the stored keys (the common case
-once a model's key set has settled on a server) takes views instead of
-gathers, and the handle updates the rows in place. A request that repeats
-the previous key list of the same requester (the same minibatch keys pushed
-again, a benchmark) reuses the slots found last time: one array comparison
-instead of a search.
+No Python object per key: keys, values (n, vdim) and each per-key state (an
+optimizer accumulator) are one buffer each, holding a sorted main run and a
+small sorted delta of the keys added since the last compaction (see
+:class:`SortedStore`). Lookup is a ``searchsorted`` in each; new keys of a
+request are merged in at once, in place: the buffers keep spare rows
+(address space the OS backs only when written), and stored rows move right
+chunk by chunk, so no buffer of the store's size is allocated per insert
+(fresh memory costs page faults). A request whose keys are a contiguous run
+of stored keys (the common case once a model's key set has settled on a
+server) takes views instead of gathers, and the handle updates the rows in
+place. A request that repeats the previous key list of the same requester
+(the same minibatch keys pushed again, a benchmark) reuses the slots found
+last time: one array comparison instead of a search.
 """
 
 from __future__ import annotations
