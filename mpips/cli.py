@@ -262,4 +262,9 @@ def huge_pages_off() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     huge_pages_off()
-    return args.func(args)
+    from .transport import MPIUnavailable
+    try:
+        return args.func(args)
+    except MPIUnavailable as e:  # one line, not a traceback from deep inside
+        print(f"mpips: {e}", file=sys.stderr)
+        return 2

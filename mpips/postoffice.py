@@ -14,13 +14,16 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .kv.table import Table
 from .layout import SCHEDULER, SERVER, WORKER, Layout, make_layout
 from .ring import KeyRing
-from .transport import Message, Op, Van
+from .transport import Message, Op
+
+if TYPE_CHECKING:
+    from .transport import Van
 
 Handler = Callable[[Message], None]
 
@@ -38,7 +41,10 @@ class JobPreempted(Exception):
 
 
 def van_for(cfg: Config) -> Van:
-    """This rank's van, set up from the job's [transport] and [kv] sections."""
+    """This rank's van, set up from the job's [transport] and [kv] sections.
+
+    MPI is loaded here, when a rank starts, not when mpips is imported."""
+    from .transport import Van
     return Van(idle_sleep=cfg.transport.idle_sleep,
                recv_pool_bytes=cfg.transport.recv_pool_bytes,
                coalesce_bytes=cfg.kv.coalesce_bytes)

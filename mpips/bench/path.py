@@ -30,8 +30,7 @@ from ..filters.base import signature
 from ..kv.handles import Add
 from ..kv.store import Signed, SortedStore
 from ..ring import KeyRing, check_keys, hash_feature, strictly_increasing
-from ..transport.message import Message, Op, decode, encode
-from ..transport.van import GATHER_MIN_BYTES
+from ..transport.message import GATHER_MIN_BYTES, Message, Op, decode, encode
 from . import append_jsonl
 
 

@@ -23,6 +23,11 @@ import numpy as np
 MAGIC = 0x5350504D  # "MPPS"
 ALIGN = 8
 
+# Below this many bytes a message is copied into one buffer and sent whole;
+# above, the van splits it (header, then sections). A framing rule, so it
+# lives here and benchmarks can read it without loading MPI.
+GATHER_MIN_BYTES = 1 << 16
+
 HEADER = np.dtype([
     ("magic", "<u4"), ("op", "<u2"), ("flags", "<u2"),
     ("table", "<i4"), ("sender", "<i4"),

@@ -47,6 +47,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .message import (
+    GATHER_MIN_BYTES,
     Message,
     Op,
     decode,
@@ -71,10 +72,8 @@ SPIN_POLLS, YIELD_SECONDS = 20, 2e-3
 # 1e3-key round trip 500 us; sched_yield costs 1 us and still hands the core
 # to any other runnable rank.
 _yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
-# Below this many bytes a message is copied into one buffer and sent whole;
-# above, it is split (header, then sections). Sections below BODY_MIN_BYTES
-# (padding, meta, small segments) are packed together.
-GATHER_MIN_BYTES = 1 << 16
+# Sections below BODY_MIN_BYTES (padding, meta, small segments) are packed
+# together.
 BODY_MIN_BYTES = 1 << 15
 
 
