@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import __version__, checkpoint, config, consistency, filters  # noqa: F401 - sections
+from .transport import MPIUnavailable
 
 APPS = {"linear": "mpips.apps.linear:LinearApp",
         "sketch": "mpips.apps.sketch:SketchApp",
@@ -262,7 +263,6 @@ def huge_pages_off() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     huge_pages_off()
-    from .transport import MPIUnavailable
     try:
         return args.func(args)
     except MPIUnavailable as e:  # one line, not a traceback from deep inside

