@@ -16,10 +16,10 @@ from pathlib import Path
 
 from data_tools.convert import OutputSpec, convert
 from data_tools.formats import ConvertOptions
-from data_tools.parallel import Comm
 from data_tools.sources import open_binary
 from mpips.data.manifest import load_manifest
 from mpips.data.reader import read_minibatches
+from mpips.transport.collective import Comm
 
 MIN_SECONDS = 2.0  # repeat reader passes until this much time is measured
 

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     from data_tools.convert import convert
-    from data_tools.parallel import Comm
+    from mpips.transport.collective import Comm
 
     options = ConvertOptions(
         labels=args.labels, keep_ids=args.keep_ids, salt=args.salt, skip_bad=args.skip_bad,

@@ -34,10 +34,9 @@ import numpy as np
 from data_tools.convert import OutputSpec, finish_dataset, prepare_output
 from data_tools.errors import DataError
 from data_tools.formats.base import Block
-from data_tools.parallel import Comm
-from data_tools.strhash import fnv1a64_text
 from data_tools.writer import PartitionSink
-from mpips.ring import hash_feature, mix64
+from mpips.keys import fnv1a64_text, hash_feature, mix64
+from mpips.transport.collective import Comm
 
 UNIT = 2.0**-53
 
@@ -168,7 +167,7 @@ def synth_ctr(spec: OutputSpec, rows: int, fields: int, vocab: int, zipf: float,
     started = time.perf_counter()
     _setup(comm, spec)
     maker = _CtrChunk(seed, fields, vocab, zipf, CtrModel(seed, density, weight_scale, bias))
-    hashing = {"method": "mpips.ring.hash_feature",
+    hashing = {"method": "mpips.keys.hash_feature",
                "note": "key = hash_feature(id, fnv1a64('f<field>')), ids Zipf-distributed"}
     per_shard = min(spec.target_rows, max(1, spec.target_bytes // (12 + 8 * fields)))
     result = _write_shards(comm, spec, _shards(rows, per_shard, comm), hashing, maker,

@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import __version__, checkpoint, config, consistency, filters  # noqa: F401 - sections
+from .kv.store import huge_pages_off
 from .transport import MPIUnavailable
 
 APPS = {"linear": "mpips.apps.linear:LinearApp",
@@ -245,24 +246,9 @@ def _linear_commands(sub) -> None:
     pl.set_defaults(func=run("cmd_plot"))
 
 
-def huge_pages_off() -> None:
-    """NumPy asks the kernel for transparent huge pages for arrays of 4 MB and
-    more. On this kind of machine (a VM) their page faults cost more than the
-    TLB saves: bench store inserts 7.5 M keys/s with them against 10.6 M
-    without, at 1e7 keys; at 1e8 random lookups differ by 5%. So mpips turns
-    them off, unless NUMPY_MADVISE_HUGEPAGE is set (1 keeps them)."""
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
-        return
-    try:
-        from numpy._core import multiarray
-        multiarray._set_madvise_hugepage(False)
-    except (ImportError, AttributeError):  # another NumPy: leave it be
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    huge_pages_off()
+    huge_pages_off()  # before any array of the job is made
     try:
         return args.func(args)
     except MPIUnavailable as e:  # one line, not a traceback from deep inside

@@ -7,8 +7,8 @@ to servers round-robin in ring order, so with virtual servers each server owns
 several segments spread over the ring, as in Chord. The ``k`` successors of a
 range's owner on the ring hold its replicas.
 
-Apps hash raw feature ids into the key space with :func:`mix64` so that equal
-ranges carry equal load.
+Apps hash raw feature ids into the key space with :func:`mpips.keys.mix64`, so
+that equal ranges carry equal load.
 """
 
 from __future__ import annotations
@@ -17,88 +17,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-KEY_DTYPE = np.dtype(np.uint64)
-KEY_MAX = np.uint64(2**64 - 1)
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def mix64(x: np.ndarray | int) -> np.ndarray:
-    """The 64-bit mixer that turns raw ids into well-spread keys.
-
-    It is SplitMix64's output function (Steele, Lea and Flood, 2014; the
-    Stafford "variant 13" finaliser): ``z = x + 0x9E3779B97F4A7C15;
-    z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB;
-    return z ^ z>>31``, all modulo 2**64. It is a bijection on uint64, so two
-    distinct ids never collide, and every output bit depends on every input bit.
-    This definition is part of the data format: changing it invalidates every
-    converted data set and trained model.
-    """
-    z = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = z + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix64_int(x: int) -> int:
-    """:func:`mix64` of one Python int (1 us, against 10 us through numpy scalars);
-    an ``x`` of 2**64 or more counts modulo 2**64."""
-    z = (x + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def hash_feature(ids: np.ndarray | int, salt: int = 0) -> np.ndarray:
-    """Keys for raw integer feature ids, with a namespace ``salt``.
-
-    ``key = mix64(id ^ mix64(salt))`` for ``salt != 0`` and ``mix64(id)`` for
-    ``salt == 0``: ids of different fields (salts) land on unrelated keys.
-    """
-    ids = np.asarray(ids)
-    if ids.dtype.kind == "i" and ids.size and ids.min() < 0:
-        raise ValueError("feature ids must be non-negative")
-    ids = ids.astype(np.uint64, copy=False)
-    if salt:
-        ids = ids ^ mix64(np.uint64(salt))
-    return mix64(ids)
-
 
 class RingError(RuntimeError):
     """The ring cannot serve: every holder of some range is dead."""
-
-
-def strictly_increasing(keys: np.ndarray) -> bool:
-    """Whether ``keys`` (1-d) are sorted and unique."""
-    return keys.size < 2 or bool(np.less(keys[:-1], keys[1:]).all())
-
-
-def check_keys(keys: np.ndarray, what: str = "keys") -> np.ndarray:
-    """Return ``keys`` as a 1-d uint64 array, or raise if not sorted and unique."""
-    keys = np.asarray(keys)
-    if keys.ndim != 1:
-        raise ValueError(f"{what} must be a 1-d array, got shape {keys.shape}")
-    if keys.dtype != KEY_DTYPE:
-        if keys.dtype.kind not in "iu":
-            raise TypeError(f"{what} must be uint64, got dtype {keys.dtype}")
-        if keys.dtype.kind == "i" and keys.size and keys.min() < 0:
-            raise ValueError(f"{what} must be non-negative")
-        keys = keys.astype(KEY_DTYPE)
-    if not strictly_increasing(keys):
-        i = int(np.argmin(keys[1:] > keys[:-1]))
-        kind = "duplicate" if keys[i] == keys[i + 1] else "unsorted"
-        raise ValueError(
-            f"{what} must be sorted and unique: {kind} key {int(keys[i + 1])} "
-            f"at position {i + 1} follows {int(keys[i])}"
-        )
-    return keys
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from data_tools.cli import main
-from data_tools.strhash import fnv1a64, fnv1a64_text
-from mpips.ring import hash_feature
+from mpips.keys import fnv1a64, fnv1a64_text, hash_feature
 from tests.fixtures.data_helpers import convert_to, read_all
 
 

@@ -14,7 +14,7 @@ from data_tools.formats.base import BadLineBudget
 from data_tools.formats.libsvm import LibSVM
 from data_tools.sources import TextChunk
 from mpips.data.manifest import load_manifest
-from mpips.ring import hash_feature
+from mpips.keys import hash_feature
 from tests.fixtures.data_helpers import as_csr, convert_to, read_all
 from tests.mpitools import shared_file
 

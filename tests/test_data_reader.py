@@ -42,7 +42,7 @@ def test_reader_memory_is_one_chunk(adult):
     with PartitionReader(path, chunk_rows=100) as reader:
         assert reader.rows == 5000
         assert all(chunk.rows <= 100 for chunk in reader.chunks())
-        assert reader.attrs["hashing"]["method"] == "mpips.ring.hash_feature"
+        assert reader.attrs["hashing"]["method"] == "mpips.keys.hash_feature"
 
 
 def test_localise_matches_unique():

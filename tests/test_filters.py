@@ -17,10 +17,10 @@ from mpips.filters.chain import ServerFilters, WorkerFilters, parse_specs
 from mpips.filters.key_cache import ReceiverKeyCache, SenderKeyCache
 from mpips.filters.kkt import KKTFilter
 from mpips.filters.significant import SignificantFilter
+from mpips.keys import KEY_MAX, mix64
 from mpips.kv import Table
 from mpips.kv.handles import AdaGradL1, FTRLProximal
 from mpips.kv.store import SortedStore
-from mpips.ring import KEY_MAX, mix64
 from mpips.transport import Message, Op
 from mpips.transport.message import decode, encode
 

@@ -12,7 +12,6 @@ from scipy.optimize import linear_sum_assignment
 
 from data_tools.convert import OutputSpec
 from data_tools.errors import DataError
-from data_tools.strhash import fnv1a64
 from data_tools.synth import synth_lda
 from mpips.apps.lda_model import (
     GibbsBlocks,
@@ -23,6 +22,7 @@ from mpips.apps.lda_model import (
     umass,
     word_key,
 )
+from mpips.keys import fnv1a64
 from tests.fixtures.data_helpers import convert_to, read_all
 from tests.mpitools import run_mpi
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mpips.ring import KEY_MAX, KeyRing, check_keys, hash_feature, mix64
+from mpips.keys import KEY_MAX, check_keys, hash_feature, mix64
+from mpips.ring import KeyRing
 
 
 def test_mix64_known_values_and_bijection():

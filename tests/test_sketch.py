@@ -20,7 +20,7 @@ from mpips.apps.sketch_stream import (
     zipf_pool,
     zipf_stream,
 )
-from mpips.ring import hash_feature, mix64
+from mpips.keys import hash_feature, mix64
 from tests.mpitools import ROOT, mpi_env, run_mpi, shared_file
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from mpips.keys import mix64
 from mpips.kv import SGD, AdaGrad, Add, Assign, SortedStore, UserHandle
 from mpips.kv import store as store_module
-from mpips.ring import mix64
 
 
 def reference_run(handle, vdim, dtype, rounds=40, seed=0):

@@ -15,8 +15,7 @@ import numpy as np
 
 from data_tools.formats.base import Block, LineError, TextFormat, register
 from data_tools.sources import TextChunk
-from data_tools.strhash import fnv1a64_text
-from mpips.ring import hash_feature
+from mpips.keys import fnv1a64_text, hash_feature
 
 _HEX = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -41,7 +40,7 @@ class Criteo(TextFormat):
         self.width = 1 + n_int + n_cat
 
     def hashing(self) -> dict[str, Any]:
-        return {"method": "mpips.ring.hash_feature",
+        return {"method": "mpips.keys.hash_feature",
                 "integer_columns": "key = hash_feature(0, fnv1a64(name)), value = integer",
                 "categorical_columns": "key = hash_feature(int(hex, 16), fnv1a64(name))",
                 "columns": ["label", *self.int_names, *self.cat_names]}

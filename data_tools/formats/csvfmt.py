@@ -20,12 +20,11 @@ import numpy as np
 from data_tools.errors import BadLine, DataError
 from data_tools.formats.base import Block, ConvertOptions, InputFormat, register
 from data_tools.sources import read_chunks
-from data_tools.strhash import fnv1a64, fnv1a64_text
-from mpips.ring import hash_feature
+from mpips.keys import fnv1a64, fnv1a64_text, hash_feature
 
 
 def column_hashing(options: ConvertOptions) -> dict[str, Any]:
-    return {"method": "mpips.ring.hash_feature",
+    return {"method": "mpips.keys.hash_feature",
             "numeric_columns": "key = hash_feature(0, fnv1a64(column)), value = number",
             "categorical_columns": "key = hash_feature(fnv1a64(utf8 value), fnv1a64(column))",
             "label": options.label_column, "numeric": options.numeric,

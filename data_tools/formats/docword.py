@@ -9,7 +9,7 @@ the matching ``vocab.*.txt``; values are the counts. A document may span any
 number of read chunks: its lines are carried into the next chunk.
 
 ``tokens``: one document per line, whitespace-separated tokens. Keys are
-``fnv1a64`` of the token's UTF-8 bytes (:mod:`data_tools.strhash`), so a vocab
+``fnv1a64`` of the token's UTF-8 bytes (:mod:`mpips.keys`), so a vocab
 file maps back by hashing its words; with ``--keep-ids`` the tokens are
 non-negative integer word ids, stored as they are. Values are the counts of the
 key in the document (repeated tokens are summed); an empty line is an empty
@@ -29,7 +29,7 @@ import numpy as np
 from data_tools.errors import BadLine, DataError
 from data_tools.formats.base import Block, InputFormat, register
 from data_tools.sources import TextChunk, read_chunks
-from data_tools.strhash import fnv1a64
+from mpips.keys import fnv1a64
 
 HEADER_LINES = 3
 
@@ -214,7 +214,7 @@ class Tokens(InputFormat):
             return {"method": "identity", "note": "keys are the integer word ids of the "
                     "tokens; values are counts"}
         return {"method": "fnv1a64", "note": "key = fnv1a64(UTF-8 bytes of the token) "
-                "(data_tools.strhash); values are counts"}
+                "(mpips.keys); values are counts"}
 
     def blocks(self, path: str) -> Iterator[Block]:
         for chunk in read_chunks(path, self.options.chunk_bytes):

@@ -18,7 +18,7 @@ import numpy as np
 from data_tools.formats.base import Block, LineError, TextFormat, register
 from data_tools.numparse import COLON, NEWLINE, SPACE, parse_decimals, token_bounds
 from data_tools.sources import TextChunk
-from mpips.ring import hash_feature
+from mpips.keys import hash_feature
 
 _TO_SPACE = bytes.maketrans(b"\t\r\v\f", b"    ")
 _QID = re.compile(rb"(?<![^\s])qid:\S*")
@@ -34,7 +34,7 @@ class LibSVM(TextFormat):
     def hashing(self) -> dict[str, Any]:
         if self.options.keep_ids:
             return {"method": "identity", "note": "keys are the integer feature ids"}
-        return {"method": "mpips.ring.hash_feature", "salt": self.options.salt,
+        return {"method": "mpips.keys.hash_feature", "salt": self.options.salt,
                 "note": "key = hash_feature(id, salt): SplitMix64 finaliser of id ^ mix64(salt)"}
 
     def keys(self, ids: np.ndarray) -> np.ndarray:

@@ -467,7 +467,7 @@ class LdaApp(App):
                 names = np.where(ids < vocab.size, vocab[np.minimum(ids, vocab.size - 1)],
                                  names)
             else:
-                from data_tools.strhash import fnv1a64
+                from mpips.keys import fnv1a64
                 hashed = fnv1a64(np.array([w.encode() for w in vocab], dtype="S"))
                 order = np.argsort(hashed)
                 at = np.searchsorted(hashed[order], word_ids[tops]).clip(0, hashed.size - 1)

@@ -50,11 +50,11 @@ from ..data import load_manifest
 from ..data.manifest import Manifest, ManifestError
 from ..data.queue import PartitionQueue
 from ..data.reader import Minibatch
+from ..keys import hash_feature, mix64
 from ..kv.handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
 from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from ..ring import hash_feature, mix64
 from .base import App
 from .linear_model import (
     LOSSES,

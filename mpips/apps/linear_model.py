@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from ..data import localise
 from ..data.reader import Minibatch, PartitionReader
-from ..ring import hash_feature
+from ..keys import hash_feature
 
 MODEL_FORMAT = "mpips-linear-model"
 # The key of the intercept: a fixed key no data set uses by accident (a

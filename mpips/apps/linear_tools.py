@@ -41,7 +41,7 @@ def predict(model_path: str, data: str, out: str | None, chunk_rows: int = 65536
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from data_tools.parallel import Comm  # MPI only when started by a launcher
+    from ..transport.collective import Comm  # MPI only when started by a launcher
 
     comm = Comm()
     try:

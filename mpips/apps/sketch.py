@@ -3,7 +3,7 @@ servers hold count-min rows for the keys of their ring ranges.
 
 Data path. A worker reads a stream (:mod:`mpips.apps.sketch_stream`: Zipf
 generator, news20 words, stdin / file / FIFO, a folder of arriving part files,
-or HDF5 partitions), hashes item ids with :func:`mpips.ring.hash_feature`
+or HDF5 partitions), hashes item ids with :func:`mpips.keys.hash_feature`
 (strings: FNV-1a 64 first), aggregates duplicates of a batch worker-side (one
 sort: sorted unique keys and summed counts), and pushes them to table
 ``cms`` (int64, vdim 1) with at most ``max_inflight`` pushes outstanding.
@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Option, non_negative, positive, section
+from ..keys import hash_feature
 from ..kv.handles import Add
 from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from ..ring import hash_feature
 from ..transport import Message, Op
 from .base import App
 from .sketch_store import INDEX_NAME, CountMinStore, SavedSketch, SketchParams, merge_top, unmix64
@@ -118,7 +118,7 @@ def sketch_params(cfg) -> SketchParams:
 def query_keys(query: dict[str, Any]) -> tuple[list[Any], np.ndarray]:
     """The items a query names and their keys: ``ids`` (integers, hashed as the
     job hashes them), ``strings`` (FNV-1a 64, then hashed) or raw ``keys``."""
-    from data_tools.strhash import fnv1a64
+    from mpips.keys import fnv1a64
     items: list[Any] = []
     keys = [np.empty(0, np.uint64)]
     if query.get("ids"):

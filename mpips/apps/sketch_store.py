@@ -2,7 +2,7 @@
 
 A :class:`CountMinStore` is a kv server store (see :class:`mpips.kv.Table`'s
 ``store`` factory) for a table of item counts. Pushes carry sorted unique item
-keys (64-bit, already mixed by :func:`mpips.ring.hash_feature`) and (n, 1)
+keys (64-bit, already mixed by :func:`mpips.keys.hash_feature`) and (n, 1)
 int64 counts; pulls return (n, 1) int64 estimates. The server never stores a
 key: it holds ``depth`` rows of ``width`` int64 counters for the keys of its
 ring ranges, and a small vectorised candidate set for heavy hitters.
@@ -52,7 +52,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..ring import KEY_MAX, KeyRing, mix64
+from ..keys import KEY_MAX, mix64
+from ..ring import KeyRing
 
 SKETCH_FORMAT = "mpips-countmin"
 SKETCH_VERSION = 1
@@ -362,7 +363,7 @@ def _unxorshift(z: np.ndarray, s: int) -> np.ndarray:
 
 
 def unmix64(keys: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`mpips.ring.mix64`: the raw integer id of a key
+    """The inverse of :func:`mpips.keys.mix64`: the raw integer id of a key
     hashed with ``hash_feature(id)`` (salt 0). Heavy hitters are reported by id."""
     z = np.asarray(keys, dtype=np.uint64)
     with np.errstate(over="ignore"):

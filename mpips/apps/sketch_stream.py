@@ -1,7 +1,7 @@
 """Streams of (item key, count) records for the count-min sketch app.
 
 A source yields :class:`Batch` es: item keys (uint64, already hashed with
-:func:`mpips.ring.hash_feature`, in stream order, duplicates allowed), their
+:func:`mpips.keys.hash_feature`, in stream order, duplicates allowed), their
 counts (None: 1 each), and how many records they came from. A source may yield
 ``None`` to say "nothing arrived yet": the worker then answers queries and
 reports progress instead of blocking.
@@ -49,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.strhash import fnv1a64
+from mpips.keys import fnv1a64
 
-from ..ring import hash_feature, mix64
+from ..keys import hash_feature, mix64
 
 
 @dataclass

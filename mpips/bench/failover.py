@@ -22,11 +22,11 @@ import numpy as np
 
 from ..apps.base import App
 from ..config import Option, non_negative, positive, section
+from ..keys import hash_feature
 from ..kv.handles import Add
 from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from ..ring import hash_feature
 from . import append_jsonl
 
 section("failover", {

@@ -29,11 +29,11 @@ import numpy as np
 from .. import filters as _filters  # noqa: F401 - declares the [filters] section
 from ..apps.base import App
 from ..config import Option, positive, section
+from ..keys import hash_feature
 from ..kv.handles import Add
 from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from ..ring import hash_feature
 from ..transport import Message, Op
 from . import append_jsonl
 

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
+from ..keys import hash_feature
 from ..kv.handles import AdaGrad, Add
 from ..kv.store import SortedStore
-from ..ring import hash_feature
 from . import append_jsonl
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import huge_pages_off
+    from ..kv.store import huge_pages_off
     parser = argparse.ArgumentParser(prog="python -m mpips.bench.store", description=__doc__)
     add_arguments(parser)
     huge_pages_off()

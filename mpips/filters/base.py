@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..ring import mix64_int
+from ..keys import mix64_int
 
 # Bits of the header's ``filters`` field.
 KEY_CACHE_HIT = 1 << 0     # keys section = [signature, n]: the receiver has the list

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Option, at_least, non_negative, section
-from ..ring import strictly_increasing
+from ..keys import strictly_increasing
 from ..transport import Message, Op
 from ..transport.message import HEADER
 from . import fixed_point, key_codec, value_codec

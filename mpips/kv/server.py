@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from .. import filters
+from ..keys import strictly_increasing
 from ..postoffice import Postoffice
-from ..ring import KeyRing, strictly_increasing
+from ..ring import KeyRing
 from ..transport import Message, Op
 from .store import Signed, SortedStore
 

@@ -17,6 +17,7 @@ last time: one array comparison instead of a search.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -499,3 +500,17 @@ class SortedStore:
         if pushed.size != n * self.vdim:
             raise ValueError(f"{pushed.size} values for {n} keys of vdim {self.vdim}")
         return pushed.reshape(n, self.vdim).astype(self.dtype, copy=False)
+
+
+def huge_pages_off() -> None:
+    """Ask NumPy not to request transparent huge pages (it does for arrays of
+    4 MB and more) unless NUMPY_MADVISE_HUGEPAGE is set: on virtual machines
+    their page faults cost stores more than the TLB saves (measured in
+    docs/performance.md, Storage)."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    try:
+        from numpy._core import multiarray
+        multiarray._set_madvise_hugepage(False)
+    except (ImportError, AttributeError):  # another NumPy: leave it be
+        pass

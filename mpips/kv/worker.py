@@ -20,8 +20,8 @@ import numpy as np
 
 from .. import filters
 from ..consistency.aggregate import FLAG_AGGREGATE, task_tag
+from ..keys import check_keys
 from ..postoffice import Postoffice
-from ..ring import check_keys
 from ..transport import Message, Op
 
 

@@ -25,10 +25,10 @@ import numpy as np
 from mpips import config
 from mpips.apps.base import App
 from mpips.consistency import IterationQueue
+from mpips.keys import mix64
 from mpips.kv import SGD, Add, Table
 from mpips.kv.worker import KVWorker
 from mpips.postoffice import WORKERS
-from mpips.ring import mix64
 from mpips.runtime import run
 
 ITERATIONS = int(os.environ.get("MPIPS_TEST_ITERATIONS", "24"))

@@ -24,10 +24,10 @@ import numpy as np
 
 from mpips import config
 from mpips.apps.base import App
+from mpips.keys import KEY_MAX, mix64
 from mpips.kv import Add, Table
 from mpips.kv.worker import KVWorker
 from mpips.postoffice import WORKERS
-from mpips.ring import KEY_MAX, mix64
 from mpips.runtime import run
 
 ROUNDS = 30
