@@ -16,8 +16,8 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .app import Table
 from .config import Config
-from .kv.table import Table
 from .layout import SCHEDULER, SERVER, WORKER, Layout, make_layout
 from .ring import KeyRing
 from .transport import Message, Op
@@ -72,15 +72,16 @@ class Postoffice:
         self.ring_listeners: list[Callable[[KeyRing, KeyRing], None]] = []
         self.observers: list[Handler] = []  # see every message (the scheduler's watch)
         self.heartbeat_interval = cfg.transport.heartbeat_interval
-        self.kv_workers: list[Any] = []  # their pushes are flushed at task boundaries
+        # Called before this worker reports a task done (kv workers push what
+        # their filters hold back and wait for their requests' answers).
+        self.task_boundary: list[Callable[[], None]] = []
+        self._stats: dict[tuple[str, ...], Callable[[], dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []  # the scheduler's event log
         self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
         self._last_heartbeat = time.monotonic()
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
-        # consistency: the timestamp of the task ``next_task`` handed out last
-        # (kv requests carry it), and the answers to ``request_task``
-        self.task_ts: int | None = None
+        # the scheduler's answers to task requests, in order (None: no task left)
         self.task_inbox: list[dict[str, Any] | None] = []
         self._workers_at_barrier: list[int] | None = None
         self.started = time.monotonic()
@@ -142,6 +143,27 @@ class Postoffice:
                                             meta=Message.jmeta(fields)))
         else:
             self.send(self.layout.scheduler, Message(op=Op.EVENT, meta=Message.jmeta(fields)))
+
+    def add_stats(self, path: tuple[str, ...], source: Callable[[], dict[str, Any]]) -> None:
+        """Register ``source`` (returns JSON-able statistics) under ``path`` of
+        :meth:`stats`: e.g. ``("worker", "w")`` for a kv worker's filters."""
+        self._stats[path] = source
+
+    def stats(self) -> dict[str, Any]:
+        """Every registered statistic of this rank, nested by path."""
+        out: dict[str, Any] = {}
+        for path, source in self._stats.items():
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = source()
+        return out
+
+    def finish_task(self) -> None:
+        """A task boundary on this worker: every kv worker pushes what its
+        filters hold back and waits until its requests are answered."""
+        for hook in self.task_boundary:
+            hook()
 
     def on(self, op: int, handler: Handler) -> None:
         """Route messages of ``op`` to ``handler``."""
@@ -223,37 +245,38 @@ class Postoffice:
         self.wait_until(lambda: (group, bid) in self._barrier_passed,
                         lambda: f"barrier {bid}: no release from the scheduler (rank 0)")
 
+    # One task protocol: a worker sends TASK_REQ {"done": [tasks finished],
+    # "want": whether it wants another}; the scheduler answers a want with
+    # TASK when the consistency policy lets the task start (``task_inbox``).
     def next_task(self, done: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Report ``done`` (a task this worker finished) and take the next one
-        from the scheduler's work queue: ``{"epoch", "partition", "path",
-        "attempt"}``, or None when every epoch is done."""
-        for kv in self.kv_workers:
-            kv.wait_all()  # a task boundary: every push of the task is acknowledged
-        reply: list[Message] = []
-        self.on(Op.TASK, reply.append)
-        self.send(self.layout.scheduler,
-                  Message(op=Op.TASK_REQ, meta=Message.jmeta(done) if done else b""))
+        """Finish ``done`` (a task of this worker: its pushes are flushed and
+        acknowledged first), report it, and wait for the next task: ``{"epoch",
+        "partition", "path", "attempt", "ts"}`` (or what the app's queue
+        describes), or None when every task is done."""
+        self.finish_task()
+        self.request_task([done] if done is not None else [])
         # No deadline: the answer may wait for other workers to end an epoch.
-        self.wait_until(lambda: bool(reply), lambda: "", timeout=float("inf"))
-        task = reply[0].json()
-        self.task_ts = task.get("ts") if task else None
-        return task
+        self.wait_until(lambda: bool(self.task_inbox), lambda: "", timeout=float("inf"))
+        return self.task_inbox.pop(0)
 
     # Overlapping tasks (bounded delay): ask for the next task while earlier
     # ones still wait for replies; report each done when its requests are.
     def request_task(self, done: list[dict[str, Any]] | tuple = ()) -> None:
-        """Ask the scheduler for a task without waiting: the answer (a task
-        dict, or None when all are done) is appended to ``task_inbox``; the
-        scheduler holds it until the consistency policy lets the task start."""
-        self.on(Op.TASK, lambda msg: self.task_inbox.append(msg.json()))
-        self.send(self.layout.scheduler, Message(
-            op=Op.TASK_REQ, meta=Message.jmeta({"done": list(done), "want": True})))
+        """Report ``done`` and ask for a task without waiting: the answer (a
+        task dict, or None when all are done) is appended to ``task_inbox``;
+        the scheduler holds it until the consistency policy lets it start."""
+        self._send_task_request(list(done), want=True)
 
     def report_done(self, done: list[dict[str, Any]]) -> None:
         """Tell the scheduler these tasks finished (their requests are answered)."""
         if done:
-            self.send(self.layout.scheduler, Message(
-                op=Op.TASK_REQ, meta=Message.jmeta({"done": list(done), "want": False})))
+            self._send_task_request(list(done), want=False)
+
+    def _send_task_request(self, done: list[dict[str, Any]], want: bool) -> None:
+        if Op.TASK not in self.handlers:
+            self.on(Op.TASK, lambda msg: self.task_inbox.append(msg.json()))
+        self.send(self.layout.scheduler, Message(
+            op=Op.TASK_REQ, meta=Message.jmeta({"done": done, "want": want})))
 
     def report(self, counters: dict[str, Any]) -> None:
         """Send progress counters to the scheduler (summed over workers)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
-from .apps.base import App
+from .app import App
 from .config import Config
 from .kv.server import KVServer
 from .postoffice import ALL, JobPreempted, Postoffice, van_for
@@ -93,15 +93,7 @@ def _serve(po: Postoffice, app: App) -> None:
     server = KVServer(po)
     app.on_server_start(po, server)
     if po.cfg.checkpoint.resume:
-        loaded = False
-
-        def on_loaded(msg: Message) -> None:
-            nonlocal loaded
-            server._resume(msg)
-            loaded = True
-
-        po.on(Op.RESUME, on_loaded)
-        po.wait_until(lambda: loaded, lambda: "RESUME from the scheduler (rank 0)")
+        po.wait_until(lambda: server.resumed, lambda: "RESUME from the scheduler (rank 0)")
     po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
     stopped = False
 

@@ -21,16 +21,11 @@ from typing import Any
 
 from . import checkpoint as ckpt
 from . import consistency
-from .apps.base import App
+from .app import App
 from .layout import SERVER, WORKER
 from .postoffice import ALL, JobPreempted, Postoffice
 from .ring import RingError
 from .transport import Message, Op
-
-
-def _task(d: dict[str, Any]):
-    from .data.queue import Task
-    return Task(d["epoch"], d["partition"], d["path"], d["attempt"])
 
 
 def _by_worker_index(manifest: dict[str, Any], workers: tuple[int, ...]) -> dict[str, Any]:
@@ -72,11 +67,10 @@ class Scheduler:
         self.waiting_for_task: list[int] = []
         # consistency: the policy's task clock (holds tasks until their
         # dependencies finished on every worker); see mpips/consistency
-        if hasattr(self.queue, "bind"):
-            self.queue.bind(po.layout.workers)  # an iteration queue: every worker, every task
+        if self.queue is not None:
+            self.queue.bind(po.layout.workers)
         self.clock = None if self.queue is None else consistency.TaskClock(
-            consistency.policy_of(po.cfg), po.layout.workers,
-            everyone=getattr(self.queue, "everyone", False))
+            consistency.policy_of(po.cfg), po.layout.workers, everyone=self.queue.everyone)
         self.repairing: set[int] = set()
         self._last_check = 0.0
         # checkpoints: written at task boundaries, with every worker paused
@@ -188,16 +182,12 @@ class Scheduler:
         if self.queue is None:
             raise RuntimeError(f"rank {msg.sender} asked for a task, but app "
                                f"{self.app.name!r} has no work queue")
-        body = msg.json()
-        # {"done": [...], "want": bool} (overlapping tasks) or the one task done
-        overlapping = isinstance(body, dict) and "want" in body and "done" in body
-        finished = body["done"] if overlapping else [body] if body else []
-        task_of = getattr(self.queue, "task_of", _task)
-        for done in finished:
-            self.queue.done(msg.sender, task_of(done))
+        body = msg.json()  # {"done": [tasks finished], "want": bool}
+        for done in body["done"]:
+            self.queue.done(msg.sender, self.queue.task_of(done))
             if "ts" in done:
                 self.clock.finish(done["ts"], msg.sender)
-        if body.get("want", True) if overlapping else True:
+        if body["want"]:
             self.waiting_for_task.append(msg.sender)
             self.clock.requested(msg.sender)
         self._hand_out_tasks()
@@ -208,7 +198,6 @@ class Scheduler:
             return
         # A done report may open the next epoch for workers already waiting.
         still = []
-        describe = getattr(self.queue, "describe", None)
         for w in self._live(self.waiting_for_task):
             ts = self.clock.candidate(self.queue, w)
             if ts is not None and not self.clock.ready(ts):
@@ -219,9 +208,7 @@ class Scheduler:
                 still.append(w)  # epoch barrier: answer once the epoch is done
                 continue
             meta = b"" if task is None else Message.jmeta(
-                (describe(task) if describe else
-                 {"epoch": task.epoch, "partition": task.partition, "path": task.path,
-                  "attempt": task.attempt}) | self.clock.start(ts, w))
+                self.queue.describe(task) | self.clock.start(ts, w))
             self.po.send(w, Message(op=Op.TASK, meta=meta))
         self.waiting_for_task = still
 

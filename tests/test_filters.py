@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from mpips import config
+from mpips.app import Table
 from mpips.filters import base, fixed_point, key_codec, value_codec
 from mpips.filters.chain import ServerFilters, WorkerFilters, parse_specs
 from mpips.filters.key_cache import ReceiverKeyCache, SenderKeyCache
 from mpips.filters.kkt import KKTFilter
 from mpips.filters.significant import SignificantFilter
 from mpips.keys import KEY_MAX, mix64
-from mpips.kv import Table
 from mpips.kv.handles import AdaGradL1, FTRLProximal
 from mpips.kv.store import SortedStore
 from mpips.transport import Message, Op
@@ -268,21 +268,19 @@ FULL = ['filters.push=["key_cache", "key_varint", "fixed_point", "zlib", "signif
 
 def test_chain_round_trip_through_the_wire():
     wpo, spo = fake_po(FULL, rank=2), fake_po(FULL, rank=1)
-    kv = SimpleNamespace(po=wpo, table_id=0, vdim=2, dtype=np.dtype(np.float32),
-                         table=wpo.tables[0])
-    wf, sf = WorkerFilters(kv), ServerFilters(SimpleNamespace(po=spo))
+    wf, sf = WorkerFilters(wpo, 0), ServerFilters(spo)
     rng = np.random.default_rng(6)
     keys = hashed_keys(5000)
     vals = rng.normal(size=(keys.size, 2)).astype(np.float32)
     sizes = []
     for op in (Op.PULL, Op.PUSH, Op.PULL):
-        pending = SimpleNamespace(op=op, keys=keys, vals=vals if op == Op.PUSH else None,
-                                  parts={}, out=None)
-        spans = wf.filter_request(pending, [(0, keys.size)])
-        assert spans == [(0, keys.size)]  # threshold 0: everything significant
+        sent = None
+        if op == Op.PUSH:
+            sent = wf.filter_entries(keys, vals)
+            assert np.array_equal(sent, vals)  # threshold 0: everything significant
         msg = wf.encode(Message(op=op, table=0, keys=[keys[:100], keys[100:]],
-                                vals=None if pending.vals is None else
-                                [pending.vals[:100], pending.vals[100:]], vdim=2), dest=1)
+                                vals=None if sent is None else [sent[:100], sent[100:]],
+                                vdim=2), dest=1)
         wire = through_wire(msg, source=2)
         sizes.append(wire.nbytes)
         got = sf.decode_request(wire)
@@ -304,29 +302,25 @@ def test_chain_round_trip_through_the_wire():
     assert stats["push"]["wire"]["bytes_after"] < stats["push"]["wire"]["bytes_before"] / 4
     # a table outside [filters] tables is left alone (no copy, no flags)
     eval_msg = Message(op=Op.PUSH, table=1, keys=keys[:3], vals=np.ones((3, 1)), vdim=1)
-    kv_eval = SimpleNamespace(po=wpo, table_id=1, vdim=1, dtype=np.dtype(np.float64),
-                              table=wpo.tables[1])
-    assert WorkerFilters(kv_eval).encode(eval_msg, 1).filters == 0
+    assert WorkerFilters(wpo, 1).encode(eval_msg, 1).filters == 0
 
 
-def test_cached_key_lists_are_checked_once_and_unsorted_ones_never_trusted():
-    """The server checks a key list when the key cache stores it; hits of it
-    skip the check, except for a list that failed it (a client that skipped
-    its own check): every repeat of that one is checked, and refused."""
+def test_cached_key_lists_come_back_exactly_and_carry_their_signature():
+    """A list the key cache stored, and every hit of it, decodes to the keys
+    sent, named by the signature under which the server caches its slots."""
     overrides = ['filters.push=["key_cache"]']
     wpo, spo = fake_po(overrides, rank=2), fake_po(overrides, rank=1)
-    kv = SimpleNamespace(po=wpo, table_id=0, vdim=2, dtype=np.dtype(np.float32),
-                         table=wpo.tables[0])
-    wf, sf = WorkerFilters(kv), ServerFilters(SimpleNamespace(po=spo))
-    good = hashed_keys(300)
-    bad = good.copy()
-    bad[[10, 20]] = bad[[20, 10]]
-    for keys, checked in ((good, True), (bad, False)):
+    wf, sf = WorkerFilters(wpo, 0), ServerFilters(spo)
+    for keys in (hashed_keys(300), hashed_keys(301)):
+        flags = []
         for _ in range(2):  # stored, then a hit
             msg = wf.encode(Message(op=Op.PUSH, table=0, keys=keys,
                                     vals=np.ones((keys.size, 2), np.float32), vdim=2), dest=1)
+            flags.append(msg.filters & (base.KEY_CACHE_STORE | base.KEY_CACHE_HIT))
             got = sf.decode_request(through_wire(msg, source=2))
-            assert np.array_equal(got.keys, keys) and got.keys_checked is checked
+            assert np.array_equal(got.keys, keys)
+            assert got.key_signature == base.signature(keys)
+        assert flags == [base.KEY_CACHE_STORE, base.KEY_CACHE_HIT]
 
 
 def test_config_errors_name_the_key():
@@ -350,18 +344,16 @@ def test_held_back_entries_leave_the_cached_key_list_usable():
     its pull cached: a bitmap names the entries sent, and they arrive intact."""
     over = FULL[:3] + ["filters.significant_threshold=0.5"]
     wpo, spo = fake_po(over, rank=2), fake_po(over, rank=1)
-    kv = SimpleNamespace(po=wpo, table_id=0, vdim=2, dtype=np.dtype(np.float32),
-                         table=wpo.tables[0])
-    wf, sf = WorkerFilters(kv), ServerFilters(SimpleNamespace(po=spo))
+    wf, sf = WorkerFilters(wpo, 0), ServerFilters(spo)
     keys = hashed_keys(3000)
     vals = np.random.default_rng(7).normal(size=(keys.size, 2)).astype(np.float32)
     sf.decode_request(through_wire(wf.encode(Message(op=Op.PULL, table=0, keys=keys), 1), 2))
-    pending = SimpleNamespace(op=Op.PUSH, keys=keys, vals=vals, parts={}, out=None)
-    wf.filter_request(pending, [(0, keys.size)])
+    filtered = wf.filter_entries(keys, vals)
     sent = np.abs(vals).max(axis=1) > 0.5
     assert 0 < sent.sum() < keys.size
-    msg = wf.encode(Message(op=Op.PUSH, table=0, keys=pending.keys, vals=pending.vals,
-                            vdim=2), 1)
+    assert np.array_equal(filtered[sent], vals[sent]) and not filtered[~sent].any()
+    assert np.allclose(wf.held_sum(), vals[~sent].sum(axis=0))
+    msg = wf.encode(Message(op=Op.PUSH, table=0, keys=keys, vals=filtered, vdim=2), 1)
     got = sf.decode_request(through_wire(msg, 2))
     assert msg.filters & base.KEY_CACHE_HIT and msg.filters & base.ENTRY_MASK
     assert np.array_equal(got.keys, keys[sent]) and got.vals.shape == (sent.sum(), 2)

@@ -43,6 +43,16 @@ def test_work_queue_hands_each_partition_once_per_epoch():
     assert sum(taken) == 23 * 3 and len(taken) == 3
 
 
+def test_filters_hold_nothing_back_after_a_task():
+    """Pushed mass = mass on the servers + mass the significant filter holds,
+    at every push; zero held at every task boundary (it is flushed there)."""
+    proc = run_mpi(3, "python", "tests/progs/kv_job.py", "flush", "layout.servers=1",
+                   'filters.push=["significant"]', "filters.significant_threshold=0.5",
+                   timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flush: 12 tasks" in proc.stdout and "none after each" in proc.stdout
+
+
 def test_a_rank_that_raises_ends_the_job_quickly():
     t = time.monotonic()
     proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",

@@ -51,14 +51,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..app import App, Table
 from ..config import ConfigError, Option, non_negative, positive, section
 from ..consistency import IterationQueue
 from ..data import load_manifest, localise
 from ..data.manifest import ManifestError
 from ..kv.handles import Handle
-from ..kv.table import Table
 from ..kv.worker import KVWorker
-from .base import App
 from .linear_model import logloss_terms, read_share, sigmoid
 
 section("bpg", {
@@ -139,12 +138,10 @@ class BpgApp(App):
 
         def after(t_id: int, t: int) -> None:
             if t_id == table:
-                stores = server.stores("w")
-                l1 = sum(float(np.abs(s.values[:, 0]).sum()) for s in stores)
-                nnz = sum(int(np.count_nonzero(s.values[:, 0])) for s in stores)
-                self._l1_log.append([t, l1, nnz])
+                w = server.items("w")[1][:, 0]
+                self._l1_log.append([t, float(np.abs(w).sum()), int(np.count_nonzero(w))])
 
-        server.aggregator.listeners.append(after)
+        server.on_aggregated(after)
 
     def on_server_stop(self, po, server) -> dict[str, Any]:
         return {"l1_log": self._l1_log}
@@ -308,9 +305,8 @@ class _Worker:
             p = sigmoid(self.margin)
             g = self.Xb[b].T @ (p - self.y)
             h = self.Xb2[b].T @ (p * (1.0 - p) * self.row_nnz[b])
-            kv.task_ts = task["ts"]
-            push_ts = kv.push(self.keys[b], np.column_stack([g, h]))
-            pull_ts = kv.pull(self.keys[b])
+            push_ts = kv.push(self.keys[b], np.column_stack([g, h]), task=task["ts"])
+            pull_ts = kv.pull(self.keys[b], task=task["ts"])
             inflight.append((task, b, push_ts, pull_ts))
             po.request_task()
             if time.monotonic() - last_report >= 0.5:

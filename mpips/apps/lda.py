@@ -51,13 +51,12 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from ..app import App, Table
 from ..config import Option, non_negative, positive, section
 from ..data import PartitionQueue, PartitionReader, load_manifest
 from ..kv.handles import Add
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from .base import App
 from .lda_model import (
     TOTALS_KEY,
     GibbsBlocks,

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..app import App, Table
 from ..config import ConfigError, Option, non_negative, positive, section
 from ..data import load_manifest
 from ..data.manifest import Manifest, ManifestError
@@ -52,10 +53,8 @@ from ..data.queue import PartitionQueue
 from ..data.reader import Minibatch
 from ..keys import hash_feature, mix64
 from ..kv.handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
-from .base import App
 from .linear_model import (
     LOSSES,
     Batch,
@@ -219,11 +218,7 @@ class LinearApp(App):
         """Write this server's share of the model; the scheduler merges the shards."""
         if not self.lc.save_model:
             return {}
-        if hasattr(server, "items"):
-            keys, values, state = server.items("w")
-        else:  # a server with one store per table
-            store = server.stores[po.table_ids["w"]]
-            keys, values, state = store.keys, store.values, store.state
+        keys, values, state = server.items("w")
         out = Path(self.cfg.job.output)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f".model.shard-{po.rank}.h5"

@@ -45,14 +45,13 @@ from typing import Any
 
 import numpy as np
 
+from ..app import App, Table
 from ..config import ConfigError, Option, non_negative, positive, section
 from ..keys import hash_feature
 from ..kv.handles import Add
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from ..transport import Message, Op
-from .base import App
 from .sketch_store import INDEX_NAME, CountMinStore, SavedSketch, SketchParams, merge_top, unmix64
 from .sketch_stream import (
     Batch,
@@ -371,8 +370,7 @@ class SketchApp(App):
     @staticmethod
     def _ranges(server) -> list[tuple[int, CountMinStore]]:
         """(range, store) of the ranges this server owns now (after failovers too)."""
-        tid = server.po.table_ids["cms"]
-        return sorted((r, store) for (t, r), store in server.primary.items() if t == tid)
+        return server.ranges("cms")
 
     def on_server_start(self, po, server) -> None:
         def on_app(msg: Message) -> None:

@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..apps.base import App
+from ..app import App, Table
 from ..config import Option, non_negative, positive, section
 from ..keys import hash_feature
 from ..kv.handles import Add
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from . import append_jsonl

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import filters
 from ..apps.linear import LinearApp
 from . import append_jsonl
 
@@ -63,12 +62,12 @@ class FilterBenchApp(LinearApp):
 
     def run_worker(self, po):
         out = super().run_worker(po)
-        out["filter_stats"] = filters.rank_stats()
+        out["filter_stats"] = po.stats()
         return out
 
     def on_server_stop(self, po, server):
         out = super().on_server_stop(po, server)
-        out["filter_stats"] = filters.rank_stats()
+        out["filter_stats"] = po.stats()
         return out
 
     def finish(self, po, workers, servers, elapsed):

@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from .. import filters as _filters  # noqa: F401 - declares the [filters] section
-from ..apps.base import App
+from ..app import App, Table
 from ..config import Option, positive, section
 from ..keys import hash_feature
 from ..kv.handles import Add
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from ..transport import Message, Op

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..apps.base import App
+from ..app import App, Table
 from ..config import Option, positive, section
 from ..kv.handles import Add
-from ..kv.table import Table
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 

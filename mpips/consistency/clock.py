@@ -26,11 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..app import QueueError, WorkQueue
 from .policy import Policy
-
-
-class QueueError(RuntimeError):
-    """A report that contradicts the queue's state."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,8 @@ class IterationTask:
 
 class IterationQueue:
     """Hands iterations 0 .. ``iterations - 1`` to every worker in order;
-    finished when every live worker reported every iteration."""
+    finished when every live worker reported every iteration. A
+    :class:`mpips.app.WorkQueue`."""
 
     everyone = True  # each task is run by every worker
 
@@ -140,10 +138,9 @@ class TaskClock:
     def is_finished(self, t: int) -> bool:
         return t < self.watermark or t in self._finished_above
 
-    def candidate(self, queue: Any, worker: int) -> int | None:
+    def candidate(self, queue: WorkQueue, worker: int) -> int | None:
         """The timestamp of the task ``worker`` would get from ``queue`` next."""
-        peek = getattr(queue, "peek", None)
-        return peek(worker) if peek is not None else self.next_ts
+        return queue.peek(worker) if queue.everyone else self.next_ts
 
     def ready(self, t: int) -> bool:
         return self.policy.ready(t, self)

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-
-class QueueError(RuntimeError):
-    """A report that contradicts the queue's state (e.g. done twice)."""
+from ..app import QueueError
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,10 @@ class PartitionQueue:
     handed now (check :attr:`finished`: all epochs done). With
     ``epoch_barrier`` the next epoch starts only when the last one is fully
     done; without it, idle workers start the next epoch while stragglers finish.
+    A :class:`mpips.app.WorkQueue`.
     """
+
+    everyone = False  # each task goes to one worker
 
     def __init__(self, partitions: Sequence[str], epochs: int = 1, shuffle: bool = False,
                  seed: int = 0, epoch_barrier: bool = False):
@@ -60,6 +62,23 @@ class PartitionQueue:
         # The worker that last completed each partition: it gets the same
         # partition again when it can, so its key caches keep hitting.
         self._last_worker = np.full(len(self.partitions), -1, np.int64)
+
+    def bind(self, workers: list[int]) -> None:
+        """Any worker may take any partition: the ranks change nothing."""
+
+    def peek(self, worker: int) -> None:
+        """Tasks are numbered in hand-out order, by the scheduler's clock."""
+        return None
+
+    @staticmethod
+    def describe(task: Task) -> dict[str, Any]:
+        return {"epoch": task.epoch, "partition": task.partition, "path": task.path,
+                "attempt": task.attempt}
+
+    @staticmethod
+    def task_of(fields: dict[str, Any]) -> Task:
+        return Task(int(fields["epoch"]), int(fields["partition"]), str(fields["path"]),
+                    int(fields["attempt"]))
 
     def order(self, epoch: int) -> list[int]:
         """Partition order of ``epoch``: seeded by (seed, epoch) alone, so it does

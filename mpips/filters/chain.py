@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Option, at_least, non_negative, section
-from ..keys import strictly_increasing
 from ..transport import Message, Op
 from ..transport.message import HEADER
 from . import fixed_point, key_codec, value_codec
@@ -210,14 +209,20 @@ class _Codec:
 
 
 class WorkerFilters(_Codec):
-    """The filters of one KVWorker (one table): encode requests, decode replies."""
+    """The filters of one KVWorker (one table): encode requests, decode replies.
 
-    def __init__(self, kv: Any):
-        po = kv.po
+    Made by the KVWorker from the job's ``[filters]`` section; what the entry
+    filters hold back is pushed by :meth:`mpips.kv.KVWorker.flush` (task
+    boundaries, checkpoints, job end) from :meth:`take_held`."""
+
+    def __init__(self, po: Any, table_id: int):
         names = [t.name for t in po.tables]
         specs = parse_specs(po.cfg, names)
-        super().__init__(po.cfg, specs, seed=[po.cfg.job.seed, po.rank, kv.table_id])
-        self.po, self.kv, self.table = po, kv, kv.table_id
+        super().__init__(po.cfg, specs, seed=[po.cfg.job.seed, po.rank, table_id])
+        self.po, self.table = po, table_id
+        self.table_name = names[table_id]
+        self.vdim = po.tables[table_id].vdim
+        self.dtype = po.tables[table_id].np_dtype
         self.push = specs[(self.table, "push")]
         self.pull = specs[(self.table, "pull")]
         self.active = bool(self.push.names or self.pull.names)
@@ -225,43 +230,62 @@ class WorkerFilters(_Codec):
         self.cache_stats = FilterStats()  # hits, misses, evictions of both directions
         self.cache = SenderKeyCache(budget, self.cache_stats)
         self.entry_filters: list[tuple[str, Any]] = []
-        vdim = kv.vdim
         if self.push.has("kkt"):
             self.entry_filters.append(("kkt", KKTFilter(
-                vdim, self.cfg.kkt_l1, self.cfg.kkt_margin, self.cfg.kkt_accumulate)))
+                self.vdim, self.cfg.kkt_l1, self.cfg.kkt_margin, self.cfg.kkt_accumulate)))
         if self.push.has("significant"):
             self.entry_filters.append(("significant", SignificantFilter(
-                vdim, self.cfg.significant_threshold, self.cfg.significant_relative)))
-        self.bypass = False  # flush: residuals go out unfiltered
+                self.vdim, self.cfg.significant_threshold, self.cfg.significant_relative)))
         po.ring_listeners.append(lambda old, new: self.cache.clear())
-        _REGISTRY.append(self)
 
     # ---- worker -> server --------------------------------------------------------
-    def filter_request(self, pending: Any, spans: list[tuple[int, int]]
-                       ) -> list[tuple[int, int]]:
-        """Entry filters, once per PUSH request (not on resends). Held-back
-        entries become zero rows of the request's values, and :meth:`encode`
-        leaves zero rows out of each message (with a presence bitmap when the
-        full key list is cached, so a push still hits the list its pull sent).
-        A zero row changes nothing on the server, so no entry filter is needed
-        to drop it."""
-        if pending.parts or pending.op != Op.PUSH or not self.entry_filters or self.bypass:
-            return spans
-        keys, vals = pending.keys, pending.vals
+    def filter_entries(self, keys: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """Entry filters, once per PUSH request (not on resends): the values to
+        send, held-back entries as zero rows. :meth:`encode` leaves zero rows out
+        of each message (with a presence bitmap when the full key list is
+        cached, so a push still hits the list its pull sent). A zero row
+        changes nothing on the server, so no entry filter is needed to drop it."""
+        if not self.entry_filters:
+            return vals
         kept_keys, kept = keys, vals
-        row_bytes = 8 + vals.itemsize * self.kv.vdim
+        row_bytes = 8 + vals.itemsize * self.vdim
         for name, f in self.entry_filters:
             before = kept_keys.size
-            kept_keys, kept = f(kept_keys, kept, self.kv.dtype)
+            kept_keys, kept = f(kept_keys, kept, self.dtype)
             self.push.stat(name).add(before * row_bytes, kept_keys.size * row_bytes,
                                      before - kept_keys.size)
         full = np.zeros_like(vals)
         full[np.searchsorted(keys, kept_keys)] = kept
-        pending.vals = full
-        return spans
+        return full
 
-    def encode(self, msg: Message, dest: int) -> Message:
-        """A request as it goes on the wire to rank ``dest``."""
+    def take_held(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """What the entry filters hold back (sorted unique keys, their summed
+        rows), forgotten here: the caller pushes it unfiltered. None if nothing."""
+        keys, rows = [], []
+        for _, f in self.entry_filters:
+            if f.residuals is not None and len(f.residuals):
+                k, r = f.residuals.take_all()
+                keys.append(k)
+                rows.append(r)
+        if not keys:
+            return None
+        k, r = np.concatenate(keys), np.concatenate(rows)
+        order = np.argsort(k, kind="stable")
+        k, r = k[order], r[order]
+        uniq, first = np.unique(k, return_index=True)
+        return uniq, np.add.reduceat(r, first, axis=0)
+
+    def held_sum(self) -> np.ndarray:
+        """The sum over keys of what the entry filters hold back (vdim values)."""
+        total = np.zeros(self.vdim)
+        for _, f in self.entry_filters:
+            if f.residuals is not None and len(f.residuals):
+                total += f.residuals.rows.sum(axis=0)
+        return total
+
+    def encode(self, msg: Message, dest: int, cache_keys: bool = True) -> Message:
+        """A request as it goes on the wire to rank ``dest``. ``cache_keys``
+        False: a one-off key list (a flush) that the key cache should not keep."""
         spec = self.pull if msg.op == Op.PULL else self.push
         if not spec.names:
             spec.wire.add(wire_bytes(msg), wire_bytes(msg))
@@ -271,11 +295,11 @@ class WorkerFilters(_Codec):
         vals = concat(msg.vals)
         flags = 0
         present = None
-        if self.entry_filters and msg.op == Op.PUSH and not self.bypass and keys.size:
+        if self.entry_filters and msg.op == Op.PUSH and keys.size:
             present = vals.reshape(keys.size, -1).any(axis=1)
             if present.all():
                 present = None
-            elif not spec.has("key_cache"):
+            elif not (spec.has("key_cache") and cache_keys):
                 keys, vals, present = keys[present], vals[present], None
         if spec.has("significant") and msg.op == Op.PUSH:
             flags |= SIGNIFICANT
@@ -283,7 +307,7 @@ class WorkerFilters(_Codec):
             flags |= KKT
         head = np.empty(0, np.uint64)
         body = keys
-        if spec.has("key_cache"):
+        if spec.has("key_cache") and cache_keys:
             sig = signature(keys)
             if self.cache.lookup(dest, self.table, sig, keys.size, self.po.ring.version):
                 flags |= KEY_CACHE_HIT
@@ -317,16 +341,15 @@ class WorkerFilters(_Codec):
     # ---- server -> worker --------------------------------------------------------
     def decode_reply(self, msg: Message) -> Message:
         if msg.filters and msg.vals is not None:
-            msg.vals = self.decode_values(msg.vals, msg.filters, self.kv.dtype, self.kv.vdim)
-            msg.vdim, msg.filters = self.kv.vdim, 0
+            msg.vals = self.decode_values(msg.vals, msg.filters, self.dtype, self.vdim)
+            msg.vdim, msg.filters = self.vdim, 0
         return msg
 
-    def observe(self, pending: Any) -> None:
-        """A request is complete: the KKT filter learns which weights are zero."""
-        if pending.out is not None and self.entry_filters:
-            for name, f in self.entry_filters:
-                if name == "kkt":
-                    f.observe(pending.keys, pending.out)
+    def observe(self, keys: np.ndarray, pulled: np.ndarray) -> None:
+        """A pull is complete: the KKT filter learns which weights are zero."""
+        for name, f in self.entry_filters:
+            if name == "kkt":
+                f.observe(keys, pulled)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {d: {"wire": s.wire.as_dict(),
@@ -340,18 +363,14 @@ class WorkerFilters(_Codec):
 class ServerFilters(_Codec):
     """The filters of a KVServer (all tables): decode requests, encode replies."""
 
-    def __init__(self, server: Any):
-        po = server.po
+    def __init__(self, po: Any):
         self.tables = po.tables
         specs = parse_specs(po.cfg, [t.name for t in po.tables])
         super().__init__(po.cfg, specs, seed=[po.cfg.job.seed, po.rank, 1 << 20])
-        self.server = server
         # One cache per peer and table whatever the direction, as at the sender.
         self.cache = ReceiverKeyCache(self.cfg.cache_bytes, FilterStats())
-        self.unsorted: set[tuple[int, int, int]] = set()  # cached lists a check refused
         self.reply_wire: dict[int, FilterStats] = {}  # table -> replies sent
         self.request_wire: dict[int, FilterStats] = {}  # table -> requests received
-        _REGISTRY.append(self)
 
     def decode_request(self, msg: Message) -> Message:
         """Keys and values as the worker gave them; ``msg.filters`` becomes 0."""
@@ -369,8 +388,6 @@ class ServerFilters(_Codec):
         if flags & KEY_CACHE_HIT:
             keys = cache.fetch(msg.sender, msg.table, int(words[0]), int(words[1]),
                                msg.ring_version)
-            # checked when it was stored: the server need not check it again
-            msg.keys_checked = (msg.sender, msg.table, int(words[0])) not in self.unsorted
         else:
             body = words[1:] if flags & KEY_CACHE_STORE else words
             if flags & KEY_VARINT:
@@ -380,14 +397,6 @@ class ServerFilters(_Codec):
             else:
                 keys = body
             if flags & KEY_CACHE_STORE:
-                # Stored even if unsorted (both caches stay in step); the request,
-                # and every repeat of it, is then refused by the server's check.
-                name = (msg.sender, msg.table, int(words[0]))
-                msg.keys_checked = strictly_increasing(keys)
-                if msg.keys_checked:
-                    self.unsorted.discard(name)
-                else:
-                    self.unsorted.add(name)
                 cache.store(msg.sender, msg.table, int(words[0]), keys, msg.ring_version)
         if flags & ENTRY_MASK:  # only the entries the bitmap names were sent
             present = np.unpackbits(np.frombuffer(msg.meta, np.uint8), count=keys.size)
@@ -426,58 +435,3 @@ class ServerFilters(_Codec):
         if self.cache.stats.hits or self.cache.stats.evictions:
             out["key_cache_lru"] = self.cache.stats.as_dict()
         return out
-
-
-_REGISTRY: list[WorkerFilters | ServerFilters] = []
-
-
-def for_worker(kv: Any) -> WorkerFilters:
-    """The filters of a KVWorker, made on first use."""
-    chain = kv.__dict__.get("_filters")
-    if chain is None:
-        chain = kv.__dict__["_filters"] = WorkerFilters(kv)
-    return chain
-
-
-def for_server(server: Any) -> ServerFilters:
-    """The filters of a KVServer, made on first use."""
-    chain = server.__dict__.get("_filters")
-    if chain is None:
-        chain = server.__dict__["_filters"] = ServerFilters(server)
-    return chain
-
-
-def rank_stats() -> dict[str, Any]:
-    """Statistics of every filter chain of this process, by table (JSON-able)."""
-    out: dict[str, Any] = {}
-    for chain in _REGISTRY:
-        if isinstance(chain, WorkerFilters):
-            out.setdefault("worker", {})[chain.kv.table.name] = chain.stats()
-        else:
-            out["server"] = chain.stats()
-    return out
-
-
-def flush(kv: Any) -> int | None:
-    """Push what the significant and KKT filters of ``kv`` hold back (end of a
-    job, or before a checkpoint); returns the push's timestamp, or None."""
-    chain = for_worker(kv)
-    keys, rows = [], []
-    for _, f in chain.entry_filters:
-        if f.residuals is not None and len(f.residuals):
-            k, r = f.residuals.take_all()
-            keys.append(k)
-            rows.append(r)
-    if not keys:
-        return None
-    k = np.concatenate(keys)
-    r = np.concatenate(rows)
-    order = np.argsort(k, kind="stable")
-    k, r = k[order], r[order]
-    uniq, first = np.unique(k, return_index=True)
-    sums = np.add.reduceat(r, first, axis=0) if k.size else r
-    chain.bypass = True
-    try:
-        return kv.push(uniq, sums.astype(kv.dtype))
-    finally:
-        chain.bypass = False

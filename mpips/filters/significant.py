@@ -8,7 +8,7 @@ threshold``) or relative to the request (``|acc| > threshold * mean |acc|``,
 scale free). Entries not sent keep their sum as the residual. Sent entries
 keep what float32 rounding of the sent value left over, so at every moment
 ``sum(sent) + sum(residual) == sum(pushed)`` up to float64 arithmetic.
-:meth:`Residuals.take_all` returns what is left (``mpips.filters.flush``).
+:meth:`Residuals.take_all` returns what is left (pushed by ``KVWorker.flush``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""kv: the worker and server sides of the key-value API, storage and handles."""
+"""kv: the worker and server sides of the key-value API, storage and handles.
+
+Tables are declared with :class:`mpips.Table` (the app contract, below the
+postoffice); this package serves them.
+"""
 
 from .handles import BUILTIN, SGD, AdaGrad, Add, Assign, Handle, UserHandle
 from .store import SortedStore
-from .table import Table
 
-__all__ = ["BUILTIN", "SGD", "AdaGrad", "Add", "Assign", "Handle", "SortedStore", "Table",
-           "UserHandle"]
+__all__ = ["BUILTIN", "SGD", "AdaGrad", "Add", "Assign", "Handle", "SortedStore", "UserHandle"]

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import filters
+from ..filters import ServerFilters
 from ..keys import strictly_increasing
 from ..postoffice import Postoffice
 from ..ring import KeyRing
 from ..transport import Message, Op
+from ..transport.message import FLAG_KEYS_CHECKED
+from .aggregate import SyncAggregator
 from .store import Signed, SortedStore
 
 RECENT_REQUESTS = 4096  # per worker and range: how far back duplicates are caught
@@ -103,8 +106,10 @@ class KVServer:
         self.requests = 0
         self.keys_served = 0
         self.raw_sessions: list[Message] = []
+        self.resumed = False  # a checkpoint's ranges are loaded (RESUME)
+        self.filters = ServerFilters(po)
+        po.add_stats(("server",), self.filters.stats)
         # consistency: aggregated pushes of a task, pulls that wait for them
-        from ..consistency.aggregate import SyncAggregator
         self.aggregator = SyncAggregator(self)
         for op in (Op.PUSH, Op.PULL, Op.PUSHPULL):
             po.on(op, self.handle)
@@ -114,6 +119,7 @@ class KVServer:
         po.on(Op.SNAPSHOT_ACK, self._snapshot_ack)
         po.on(Op.RAW_BENCH, self._raw_bench)
         po.on(Op.CHECKPOINT, self._checkpoint)
+        po.on(Op.RESUME, self._resume)
         po.ring_listeners.append(self.on_ring_change)
 
     # ---- stores ----------------------------------------------------------------
@@ -128,10 +134,15 @@ class KVServer:
             where[(t, r)] = self._new_store(t)
         self.applied.setdefault(r, RecentRequests())
 
+    def ranges(self, table: str) -> list[tuple[int, Any]]:
+        """(range, store) of the ranges of ``table`` this server owns now
+        (after failovers too), in key order."""
+        t = self.po.table_ids[table]
+        return [(k[1], self.primary[k]) for k in sorted(self.primary) if k[0] == t]
+
     def stores(self, table: str) -> list[Any]:
         """This server's primary stores of ``table``, in key order."""
-        t = self.po.table_ids[table]
-        return [self.primary[k] for k in sorted(self.primary) if k[0] == t]
+        return [store for _, store in self.ranges(table)]
 
     def items(self, table: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """All (keys, values, state) of ``table`` this server owns, by key."""
@@ -157,7 +168,7 @@ class KVServer:
     def handle(self, msg: Message) -> None:
         # filters (issue 6): keys and values as the worker gave them, decoded in
         # arrival order (key caches replay the sender's), before any deferral
-        msg = filters.for_server(self).decode_request(msg)
+        msg = self.filters.decode_request(msg)
         if msg.ring_version > self.po.ring.version:
             self.deferred.append(msg)  # the ring update is still on its way
             return
@@ -167,7 +178,7 @@ class KVServer:
             self.po.send(msg.sender, Message(op=Op.ERROR, table=msg.table, ts=msg.ts,
                                              aux2=msg.aux2, meta=str(e).encode()))
             return
-        if self.aggregator.intercept(msg, pieces):  # consistency: held or aggregated
+        if self.aggregator.intercept(msg):  # consistency: held or aggregated
             return
         self.requests += 1
         self.keys_served += msg.keys.size
@@ -180,7 +191,7 @@ class KVServer:
             aux2=msg.aux2, vdim=self.tables[t].vdim))
         # A key list the key-cache filter named: its slots are cached under
         # its signature, so a repeat skips the lookup (and the comparison).
-        sig = getattr(msg, "key_signature", None)
+        sig = msg.key_signature
         who = (msg.sender, msg.chunk) if sig is None else Signed(msg.sender, sig)
         rid = request_id(msg.ts, msg.chunk)
         for r, a, b in pieces:
@@ -200,7 +211,7 @@ class KVServer:
                 self._forward(t, r, k, store, msg, held)
         if rows_out is not None:
             held.reply.vals = rows_out
-            filters.for_server(self).encode_reply(held.reply)  # filters (issue 6)
+            self.filters.encode_reply(held.reply)
         if self._promoted_version == self.po.ring.version:
             self._promoted_version = -1
             self.po.event("first_served", ring_version=self.po.ring.version)
@@ -219,8 +230,8 @@ class KVServer:
             nvals = 0 if msg.vals is None else msg.vals.size
             if nvals != keys.size * vdim:
                 raise ValueError(f"{nvals} values for {keys.size} keys of vdim {vdim}")
-        # key lists from the key cache were checked when they were stored
-        if not getattr(msg, "keys_checked", False) and not strictly_increasing(keys):
+        # the worker checked its keys at its door (check_keys) and says so
+        if not msg.flags & FLAG_KEYS_CHECKED and not strictly_increasing(keys):
             raise ValueError("keys must be sorted and unique")
         starts, ranges = self.po.ring.slice(keys)
         pieces = [(int(r), int(starts[j]), int(starts[j + 1])) for j, r in enumerate(ranges)]
@@ -230,6 +241,42 @@ class KVServer:
                 raise ValueError(f"keys in range {r} [{lo:#x}, {hi:#x}) are not owned by "
                                  f"server {self.server} (ring version {self.po.ring.version})")
         return pieces
+
+    def apply_sum(self, table: int, keys: np.ndarray, sums: np.ndarray,
+                  contributors: list[Message]) -> None:
+        """Apply one aggregated update (sorted unique ``keys``, their summed
+        rows) made of the pushes ``contributors``: once, through the table's
+        handle; replicas get it once per contributor, so each records every
+        contributor's request as applied. Every contributor is acknowledged
+        when the replicas have it."""
+        vdim = self.tables[table].vdim
+        helds = []
+        for m in contributors:
+            self._next_repl += 1
+            helds.append(_AwaitReplicas(self._next_repl, m.sender, Message(
+                op=Op.PUSH_ACK, table=table, ts=m.ts, aux2=m.aux2, vdim=vdim)))
+        replicate = self.po.ring.replication > 0
+        starts, ranges = self.po.ring.slice(keys)
+        for j, r in enumerate(ranges.tolist()):
+            a, b = int(starts[j]), int(starts[j + 1])
+            store = self.primary[(table, r)]
+            k = keys[a:b]
+            store.push(k, sums[a:b], -2)
+            if replicate:
+                for m, held in zip(contributors, helds, strict=True):
+                    self.applied[r].add(m.sender, request_id(m.ts, m.chunk))
+                    self._forward(table, r, k, store, m, held)
+        self.requests += len(contributors)
+        self.keys_served += sum(int(m.keys.size) for m in contributors)
+        for held in helds:
+            if held.waiting:
+                self.awaiting[held.id] = held
+            else:
+                self.po.send(held.reply_to, held.reply)
+
+    def on_aggregated(self, listener: Callable[[int, int], None]) -> None:
+        """Call ``listener(table id, task)`` after each aggregated update is applied."""
+        self.aggregator.listeners.append(listener)
 
     # ---- replication --------------------------------------------------------------
     def _forward(self, t: int, r: int, keys: np.ndarray, store: Any, msg: Message,
@@ -344,7 +391,8 @@ class KVServer:
                                          meta=Message.jmeta(entry)))
 
     def _resume(self, msg: Message) -> None:
-        """Load this server's primary and replica ranges from a checkpoint."""
+        """Load this server's primary and replica ranges from a checkpoint
+        (``resumed`` then becomes True)."""
         from ..checkpoint import load_ranges
         manifest = msg.json()
         loaded = 0
@@ -356,6 +404,7 @@ class KVServer:
                 store.assign_rows(keys, np.concatenate(cols, axis=1) if len(cols) > 1
                                   else values)
                 loaded += keys.size if where is self.primary else 0
+        self.resumed = True
         self.po.send(msg.sender, Message(op=Op.LOADED, meta=Message.jmeta({"keys": loaded})))
 
     # ---- benchmarks -------------------------------------------------------------------

@@ -9,6 +9,11 @@ request is answered: do not change them before ``wait(ts)``. When a server
 dies and the ring changes, the parts of unanswered requests that went to it
 are sent again, with the same timestamp, to the new owners of their keys;
 servers that already applied them (as replicas) do not apply them twice.
+
+Keys are checked here, once (:func:`mpips.keys.check_keys`), and every
+message says so in its header (``FLAG_KEYS_CHECKED``): the server trusts it.
+A request of a task carries the task's timestamp (``task=``), which servers
+use to hold pulls behind the aggregated pushes of earlier tasks.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import filters
-from ..consistency.aggregate import FLAG_AGGREGATE, task_tag
+from ..filters import WorkerFilters
 from ..keys import check_keys
 from ..postoffice import Postoffice
 from ..transport import Message, Op
+from ..transport.message import FLAG_AGGREGATE, FLAG_KEYS_CHECKED, task_tag
 
 
 def _chunks(lo: int, hi: int, size: int):
@@ -54,6 +59,7 @@ class _Pending:
     error: str | None = None
     tag: int = 0  # header aux: the task's timestamp + 1 (consistency), 0 for none
     flags: int = 0
+    one_off: bool = False  # a flush: its key list is not worth caching
 
 
 class KVWorker:
@@ -63,37 +69,58 @@ class KVWorker:
 
     def __init__(self, po: Postoffice, table: str, aggregate: bool = False):
         self.po = po
-        # consistency: requests carry the task timestamp (``task_ts``, else the
-        # postoffice's current task); with ``aggregate`` the servers sum one
-        # push per task from every worker and apply it once.
+        # consistency: with ``aggregate`` the servers sum one push per task
+        # from every worker and apply it once (pushes then need ``task=``).
         self.aggregate = aggregate
-        self.task_ts: int | None = None
         self.table = po.tables[po.table_ids[table]]
         self.table_id = po.table_ids[table]
         self.vdim = self.table.vdim
         self.dtype = self.table.np_dtype
+        self.filters = WorkerFilters(po, self.table_id)
         self._pending: dict[int, _Pending] = {}
         self.keys_sent = 0
         self.chunk_keys = po.cfg.kv.chunk_keys
         po.clients[self.table_id] = self._handle_reply
         po.ring_listeners.append(self._resend)
-        po.kv_workers.append(self)
+        po.task_boundary.append(self.finish_task)
+        po.add_stats(("worker", table), self.filters.stats)
         self._next_part = 0
 
     # ---- requests ------------------------------------------------------------
-    def push(self, keys: np.ndarray, vals: np.ndarray) -> int:
-        """Send ``vals`` (n, vdim) for sorted unique ``keys``; returns a timestamp."""
-        return self._request(Op.PUSH, keys, vals, None)
+    def push(self, keys: np.ndarray, vals: np.ndarray, task: int | None = None) -> int:
+        """Send ``vals`` (n, vdim) for sorted unique ``keys``; returns a timestamp.
+        ``task``: the timestamp of the task the push belongs to (``task["ts"]``)."""
+        return self._request(Op.PUSH, keys, vals, None, task)
 
-    def pull(self, keys: np.ndarray, out: np.ndarray | None = None) -> int:
+    def pull(self, keys: np.ndarray, out: np.ndarray | None = None,
+             task: int | None = None) -> int:
         """Ask for the values of ``keys``; ``wait(ts)`` returns them (in ``out``
-        if given, shape (n, vdim))."""
-        return self._request(Op.PULL, keys, None, out)
+        if given, shape (n, vdim)). A pull of task t sees every aggregated push
+        of the tasks before t."""
+        return self._request(Op.PULL, keys, None, out, task)
 
     def pushpull(self, keys: np.ndarray, vals: np.ndarray,
-                 out: np.ndarray | None = None) -> int:
+                 out: np.ndarray | None = None, task: int | None = None) -> int:
         """Push, then pull the updated values of the same keys, in one round trip."""
-        return self._request(Op.PUSHPULL, keys, vals, out)
+        return self._request(Op.PUSHPULL, keys, vals, out, task)
+
+    def flush(self) -> int | None:
+        """Push, unfiltered, what the significant and KKT filters hold back;
+        returns the push's timestamp, or None when nothing is held."""
+        held = self.filters.take_held()
+        if held is None:
+            return None
+        keys, sums = held
+        return self._request(Op.PUSH, keys, sums.astype(self.dtype), None, None,
+                             entry_filters=False)
+
+    def finish_task(self) -> None:
+        """A task boundary (the postoffice calls it before a task is reported
+        done, a checkpoint or the job's end): push what filters hold back,
+        then wait until every request is answered."""
+        if not self.aggregate:  # an aggregated push belongs to a task: none here
+            self.flush()
+        self.wait_all()
 
     def wait(self, ts: int, timeout: float | None = None) -> np.ndarray | None:
         """Block until request ``ts`` is answered; return pulled values if any."""
@@ -121,7 +148,8 @@ class KVWorker:
 
     # ---- internals -------------------------------------------------------------
     def _request(self, op: int, keys: np.ndarray, vals: np.ndarray | None,
-                 out: np.ndarray | None) -> int:
+                 out: np.ndarray | None, task: int | None,
+                 entry_filters: bool = True) -> int:
         keys = check_keys(keys)
         n = keys.size
         if vals is not None:
@@ -136,10 +164,12 @@ class KVWorker:
             elif out.shape != (n, self.vdim) or out.dtype != self.dtype:
                 raise ValueError(f"out must have shape {(n, self.vdim)} and dtype "
                                  f"{self.dtype}, got {out.shape} {out.dtype}")
+        if op == Op.PUSH and entry_filters:  # kkt/significant: once a request
+            vals = self.filters.filter_entries(keys, vals)
         ts = KVWorker._next_ts
         KVWorker._next_ts += 1
-        pending = _Pending(op, keys, vals, out)
-        self._tag(pending)
+        pending = _Pending(op, keys, vals, out, one_off=not entry_filters)
+        self._tag(pending, task)
         self._pending[ts] = pending
         self._send_parts(ts, pending, [(0, n)])
         self.keys_sent += n
@@ -150,8 +180,7 @@ class KVWorker:
         per (chunk, server), each part under an id of its own. Chunks are the
         request's positions cut at multiples of ``chunk_keys`` (the same cut on
         a resend, so servers recognise a chunk they already applied)."""
-        fc = filters.for_worker(self)  # filters (issue 6): kkt/significant, once a request
-        spans = fc.filter_request(pending, spans)
+        fc = self.filters
         aggregate = bool(pending.flags & FLAG_AGGREGATE)  # one message per server and task
         by_dest: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for lo, hi in spans:
@@ -174,21 +203,20 @@ class KVWorker:
             self._next_part += 1
             self.po.send(rank, fc.encode(Message(  # filters: keys and values as sent
                 op=pending.op, table=self.table_id, ts=ts, aux2=part, aux=pending.tag,
-                flags=pending.flags, chunk=chunk,
+                flags=pending.flags | FLAG_KEYS_CHECKED, chunk=chunk,
                 keys=[pending.keys[a:b] for a, b in segs],
                 vals=None if vals is None else [vals[a:b] for a, b in segs],
-                vdim=self.vdim), rank), defer)
+                vdim=self.vdim), rank, cache_keys=not pending.one_off), defer)
             pending.parts[part] = (rank, segs)
             pending.waiting.add(part)
 
-    def _tag(self, pending: _Pending) -> None:
+    def _tag(self, pending: _Pending, task: int | None) -> None:
         """Consistency: the task timestamp, and the aggregate flag on pushes."""
-        task = self.task_ts if self.task_ts is not None else self.po.task_ts
         pending.tag = task_tag(task)
         if self.aggregate and pending.op != Op.PULL:
             if pending.op != Op.PUSH or task is None:
                 raise ValueError(f"table {self.table.name!r} aggregates pushes per task: "
-                                 "use push (not pushpull) inside a task")
+                                 "use push (not pushpull) with task=task['ts']")
             pending.flags = FLAG_AGGREGATE
 
     def _resend(self, old, new) -> None:
@@ -206,8 +234,7 @@ class KVWorker:
         if pending is None or msg.aux2 not in pending.waiting:
             raise RuntimeError(f"unexpected {Op(msg.op).name} ts={msg.ts} part {msg.aux2} "
                                f"from rank {msg.sender} on table {self.table.name!r}")
-        fc = filters.for_worker(self)
-        msg = fc.decode_reply(msg)  # filters (issue 6): values as the server had them
+        msg = self.filters.decode_reply(msg)  # values as the server had them
         if msg.op == Op.ERROR:
             pending.error = f"server rank {msg.sender}: {msg.meta.decode()}"
         elif msg.op == Op.PULL_REPLY:
@@ -216,8 +243,8 @@ class KVWorker:
                 pending.out[a:b] = msg.vals[offset: offset + b - a]
                 offset += b - a
         pending.waiting.discard(msg.aux2)
-        if not pending.waiting:
-            fc.observe(pending)  # filters: the KKT filter learns which weights are zero
+        if not pending.waiting and pending.out is not None:
+            self.filters.observe(pending.keys, pending.out)  # KKT: which weights are zero
 
     def _describe(self, ts: int, pending: _Pending) -> str:
         parts = []

@@ -94,6 +94,22 @@ class Op(enum.IntEnum):
     BUNDLE = 47           # van -> van: several small messages in one (meta: their images)
 
 
+# Bits of the header's ``flags`` of kv requests. (RELEASE puts the barrier
+# group there instead.)
+FLAG_AGGREGATE = 0x100     # sum this push with the other workers' of its task
+FLAG_KEYS_CHECKED = 0x200  # the sender checked the keys: sorted and unique
+
+
+def task_tag(ts: int | None) -> int:
+    """The header ``aux`` of a kv request of task ``ts`` (0: no task)."""
+    return 0 if ts is None else ts + 1
+
+
+def task_of(msg: Message) -> int | None:
+    """The task of a kv request (None: untagged)."""
+    return msg.aux - 1 if msg.aux > 0 else None
+
+
 Buffer = np.ndarray | list[np.ndarray] | None
 
 
@@ -118,6 +134,9 @@ class Message:
     meta: bytes = b""
     nbytes: int = field(default=0, compare=False)  # bytes on the wire, set on receive
     bundled: bool = field(default=False, compare=False)  # received inside a BUNDLE
+    # Set by the receiver's filters, never sent: the key-cache signature that
+    # names this request's key list (its slots are cached under it), or None.
+    key_signature: int | None = field(default=None, compare=False)
 
     def json(self) -> Any:
         return json.loads(self.meta.decode()) if self.meta else None

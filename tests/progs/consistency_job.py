@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from mpips import config
-from mpips.apps.base import App
+from mpips.app import App, Table
 from mpips.consistency import IterationQueue
 from mpips.keys import mix64
-from mpips.kv import SGD, Add, Table
+from mpips.kv import SGD, Add
 from mpips.kv.worker import KVWorker
 from mpips.postoffice import WORKERS
 from mpips.runtime import run
@@ -98,15 +98,14 @@ class ConsistencyJob(App):
         task = po.next_task()
         while task is not None:
             keys, X, y = minibatch(index, task["iteration"], self.cfg.job.seed)
-            w = kv.wait(kv.pull(keys))[:, 0]
-            kv.push(keys, gradient(X, y, w)[:, None])
+            w = kv.wait(kv.pull(keys, task=task["ts"]))[:, 0]
+            kv.push(keys, gradient(X, y, w)[:, None], task=task["ts"])
             task = po.next_task(done=task)
         po.barrier(WORKERS)
         if index == 0:
             keys = np.unique(np.concatenate([
                 minibatch(r, t, self.cfg.job.seed)[0] for r in range(po.num_workers)
                 for t in range(ITERATIONS)]))
-            po.task_ts = None
             w = kv.wait(kv.pull(keys))[:, 0]
             out = Path(self.cfg.job.output)
             out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,11 @@ Modes:
           With MPIPS_TEST_KILL="ROUND:RANK[+RANK...],..." worker 0 SIGKILLs those
           server ranks when it reaches those rounds (under mpiexec --with-ft ulfm).
   raise   worker 1 raises after a few requests; the job must end at once.
+  flush   one worker pushes small random values task by task through the
+          significant filter (threshold far above one push): after every push,
+          the mass on the servers plus what the filter holds equals the mass
+          pushed; after every task (flushed at the boundary) nothing is held
+          and the servers have it all.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import time
 import numpy as np
 
 from mpips import config
-from mpips.apps.base import App
+from mpips.app import App, Table
 from mpips.keys import KEY_MAX, mix64
-from mpips.kv import Add, Table
+from mpips.kv import Add
 from mpips.kv.worker import KVWorker
 from mpips.postoffice import WORKERS
 from mpips.runtime import run
@@ -104,16 +109,16 @@ class CountsJob(App):
                 if (got[:50] < own_now).any():
                     raise AssertionError("pushpull returned less than this worker pushed")
             else:
-                pending.append(c.push(keys, ones))
-            pending.append(rows.push(keys, np.tile([1.0, 2.0, -1.0], (keys.size, 1))))
+                pending.append((c, c.push(keys, ones)))
+            pending.append((rows, rows.push(keys, np.tile([1.0, 2.0, -1.0], (keys.size, 1)))))
             for k in keys[:50].tolist():
                 own[k] = own.get(k, 0) + 1
             if len(pending) > 4:
-                for ts in pending:
-                    c.wait(ts) if ts in c._pending else rows.wait(ts)
+                for kv, ts in pending:
+                    kv.wait(ts)
                 pending = []
-        for ts in pending:
-            c.wait(ts) if ts in c._pending else rows.wait(ts)
+        for kv, ts in pending:
+            kv.wait(ts)
         # Edge cases on the side of the data path.
         empty = np.empty(0, np.uint64)
         assert c.wait(c.pull(empty)).shape == (0, 1)
@@ -230,6 +235,49 @@ class DetermJob(QueueJob):
         pass
 
 
+class FlushJob(QueueJob):
+    name = "flush"
+    PARTITIONS = 6
+    EPOCHS = 2
+
+    def tables(self):
+        return [Table("c", 2, "float64", Add())]
+
+    def run_worker(self, po):
+        c = KVWorker(po, "c")
+        universe = np.arange(400, dtype=np.uint64)
+        rng = np.random.default_rng(5)
+        pushed = np.zeros(2)
+        task, tasks, held_mid = po.next_task(), 0, 0.0
+        while task is not None:
+            for _ in range(5):
+                keys = np.sort(rng.choice(universe, 100, replace=False))
+                vals = rng.uniform(0.0, 0.01, size=(keys.size, 2))
+                pushed += vals.sum(axis=0)
+                c.wait(c.push(keys, vals))
+                held = c.filters.held_sum()
+                on_servers = c.wait(c.pull(universe)).sum(axis=0)
+                if not np.allclose(on_servers + held, pushed, rtol=1e-12, atol=1e-9):
+                    raise AssertionError(f"mass {on_servers} on servers + {held} held != "
+                                         f"{pushed} pushed")
+                held_mid = max(held_mid, float(held.sum()))
+            tasks += 1
+            task = po.next_task(done=task)  # the boundary: what was held is pushed
+            if c.filters.held_sum().any():
+                raise AssertionError(f"{c.filters.held_sum()} still held after a task")
+            on_servers = c.wait(c.pull(universe)).sum(axis=0)
+            if not np.allclose(on_servers, pushed, rtol=1e-12, atol=1e-9):
+                raise AssertionError(f"after a task: {on_servers} on servers != {pushed}")
+        if held_mid <= 0:
+            raise AssertionError("the filter never held anything back: the test tests nothing")
+        print(f"flush: {tasks} tasks, up to {held_mid:.3f} held within a task, "
+              "none after each", flush=True)
+        return {}
+
+    def finish(self, po, workers, servers, elapsed):
+        pass
+
+
 class RaiseJob(App):
     name = "raise"
 
@@ -257,4 +305,4 @@ if __name__ == "__main__":
     mode, overrides = sys.argv[1], [a for a in sys.argv[2:] if a != "-o"]
     cfg = config.load(None, overrides)
     run(cfg, {"counts": CountsJob, "raise": RaiseJob, "queue": QueueJob,
-                    "determ": DetermJob}[mode](cfg))
+              "determ": DetermJob, "flush": FlushJob}[mode](cfg))

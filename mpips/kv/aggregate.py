@@ -1,8 +1,10 @@
-"""Server-side aggregation of one task's pushes (synchronous semantics).
+"""Server-side aggregation of one task's pushes (synchronous semantics), the
+kv half of consistency: the scheduler decides when a task starts
+(:mod:`mpips.consistency`), the servers make a task's update one update.
 
-A worker tags a request with its task's timestamp (header ``aux = t + 1``;
-0 means untagged) and marks a push to be aggregated (``flags`` bit
-:data:`FLAG_AGGREGATE`). An aggregated push of task t goes to *every* live
+A worker tags a request with its task's timestamp (``push(..., task=t)``:
+header ``aux = t + 1``; 0 means untagged) and marks a push to be aggregated
+(``flags`` bit ``FLAG_AGGREGATE``). An aggregated push of task t goes to *every* live
 server, empty where the worker has no keys, so each server knows when it has
 one from every live worker. It then sums them (union of keys; per key in
 worker-rank order, so the sum is the same whatever order they arrived in),
@@ -31,20 +33,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..transport import Message, Op
+from ..transport.message import FLAG_AGGREGATE, task_of
 
 if TYPE_CHECKING:
-    from ..kv.server import KVServer
-
-FLAG_AGGREGATE = 0x100  # header flags bit: sum this push with the other workers' of its task
-
-
-def task_tag(ts: int | None) -> int:
-    """The header ``aux`` of a request of task ``ts`` (0: no task)."""
-    return 0 if ts is None else ts + 1
-
-
-def task_of(msg: Message) -> int | None:
-    return msg.aux - 1 if msg.aux > 0 else None
+    from .server import KVServer
 
 
 @dataclass
@@ -67,7 +59,7 @@ class SyncAggregator:
         self.listeners: list[Callable[[int, int], None]] = []
         self.applied_groups = 0
 
-    def intercept(self, msg: Message, pieces: list[tuple[int, int, int]]) -> bool:
+    def intercept(self, msg: Message) -> bool:
         """Take ``msg`` over (True) if it is an aggregated push or a pull that
         must wait; the server serves everything else as before."""
         t = task_of(msg)
@@ -93,9 +85,7 @@ class SyncAggregator:
             self._apply(msg.table, t, self.groups.pop((msg.table, t)))
 
     def _apply(self, table: int, t: int, group: _Group) -> None:
-        from ..kv.server import _AwaitReplicas, request_id
-        server, po = self.server, self.po
-        vdim = server.tables[table].vdim
+        vdim = self.server.tables[table].vdim
         msgs = [m for s in sorted(group.parts) for m in group.parts[s]]
         keys = np.concatenate([m.keys for m in msgs]) if msgs else np.empty(0, np.uint64)
         vals = (np.concatenate([np.asarray(m.vals).reshape(-1, vdim) for m in msgs if
@@ -104,34 +94,11 @@ class SyncAggregator:
         keys, vals = keys[order], vals[order]
         firsts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else \
             np.empty(0, np.int64)
-        ukeys = keys[firsts]
         sums = np.add.reduceat(vals, firsts, axis=0) if keys.size else vals
-        replicate = po.ring.replication > 0
-        starts, ranges = po.ring.slice(ukeys)
-        helds = []
-        for m in msgs:
-            server._next_repl += 1
-            helds.append(_AwaitReplicas(server._next_repl, m.sender, Message(
-                op=Op.PUSH_ACK, table=table, ts=m.ts, aux2=m.aux2, vdim=vdim)))
-        for j, r in enumerate(ranges.tolist()):
-            a, b = int(starts[j]), int(starts[j + 1])
-            store = server.primary[(table, r)]
-            k = ukeys[a:b]
-            store.push(k, sums[a:b], -2)
-            if replicate:
-                for m, held in zip(msgs, helds, strict=True):
-                    server.applied[r].add(m.sender, request_id(m.ts, m.chunk))
-                    server._forward(table, r, k, store, m, held)
-        server.requests += len(msgs)
-        server.keys_served += int(keys.size)
+        self.server.apply_sum(table, keys[firsts], sums, msgs)
         self.applied_groups += 1
-        for held in helds:
-            if held.waiting:
-                server.awaiting[held.id] = held
-            else:
-                po.send(held.reply_to, held.reply)
         for listener in self.listeners:
             listener(table, t)
         still, self.held_pulls = self.held_pulls, []
         for m in still:
-            server.handle(m)
+            self.server.handle(m)
