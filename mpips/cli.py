@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from . import __version__, checkpoint, config, consistency, filters  # noqa: F401 - sections
+from . import __version__, config, consistency
 from .kv.store import huge_pages_off
 from .transport import MPIUnavailable
 
@@ -116,8 +116,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     return cli_query(args)
 
 
+# The sections of every job; an app adds its own (named like the app).
+COMMON_SECTIONS = ("job", "layout", "kv", "transport", "data", "checkpoint", "consistency",
+                   "filters")
+
+
 def cmd_config(args: argparse.Namespace) -> int:
-    print(config.describe())
+    if args.app is None:
+        print(config.describe())
+        return 0
+    if args.app not in APPS:
+        return _fail(f"--app {args.app!r} is not one of {', '.join(sorted(APPS))}")
+    print(config.describe([*COMMON_SECTIONS, args.app]))
     return 0
 
 
@@ -205,7 +215,10 @@ def parser() -> argparse.ArgumentParser:
     add_query_arguments(q)
     q.set_defaults(func=cmd_query)
 
-    c = sub.add_parser("config", help="list every job file section and key with defaults")
+    c = sub.add_parser("config", help="print every job file section and key at its default, "
+                       "as TOML with the help as comments (a job file to start from)")
+    c.add_argument("--app", choices=sorted(APPS), help="only the sections a job of this app "
+                   "reads")
     c.set_defaults(func=cmd_config)
     _linear_commands(sub)
     return p

@@ -1,13 +1,17 @@
 """Job files: TOML with a typed schema, and ``-o section.key=value`` overrides.
 
-Every section and key a job file may use is declared with :func:`section`.
-Unknown sections or keys, wrong types and impossible values raise
-:class:`ConfigError` naming the key and the file (or the ``-o`` override).
-Apps declare their own sections at import time.
+Every section and key a job file may use is declared with :func:`section`,
+next to the code that reads it; :data:`SECTIONS` lists where, and every
+:func:`load`, :func:`peek` and :func:`describe` imports those modules first,
+so a job sees all sections whichever modules it imported. Unknown sections or
+keys, wrong types and impossible values raise :class:`ConfigError` naming
+the key and the file (or the ``-o`` override).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,10 +34,35 @@ class Option:
 
 _SCHEMA: dict[str, dict[str, Option]] = {}
 
+# Every section of a job file and the module that declares it.
+SECTIONS: dict[str, str] = {
+    "job": "mpips.config", "layout": "mpips.config", "kv": "mpips.config",
+    "transport": "mpips.config",
+    "data": "mpips.data",
+    "checkpoint": "mpips.checkpoint",
+    "consistency": "mpips.consistency",
+    "filters": "mpips.filters.chain",
+    "linear": "mpips.apps.linear",
+    "bpg": "mpips.apps.bpg",
+    "lda": "mpips.apps.lda",
+    "sketch": "mpips.apps.sketch",
+    "bench": "mpips.bench.kv",
+    "scale": "mpips.bench.scale",
+    "failover": "mpips.bench.failover",
+}
+
 
 def section(name: str, options: dict[str, Option]) -> None:
-    """Declare (or extend) a job file section."""
+    """Declare (or extend) a job file section; it must be listed in SECTIONS."""
+    if name not in SECTIONS:
+        raise RuntimeError(f"section [{name}] is not listed in mpips.config.SECTIONS")
     _SCHEMA.setdefault(name, {}).update(options)
+
+
+def declare_all() -> None:
+    """Import every module of :data:`SECTIONS` (once), so all sections exist."""
+    for module in sorted(set(SECTIONS.values())):
+        importlib.import_module(module)
 
 
 def positive(v: Any) -> str | None:
@@ -127,6 +156,7 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Read, merge and validate a job file and its overrides."""
+    declare_all()
     source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
@@ -176,6 +206,7 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def peek(path: str | Path | None, overrides: Iterable[str], name: str, key: str) -> Any:
     """One value before the whole file is validated (which app to import)."""
+    declare_all()
     value = _SCHEMA[name][key].default
     if path is not None:
         try:
@@ -192,14 +223,42 @@ def peek(path: str | Path | None, overrides: Iterable[str], name: str, key: str)
     return value
 
 
-def describe() -> str:
-    """All sections and keys with defaults and help, for ``--help`` texts."""
+def toml_value(value: Any) -> str:
+    """``value`` as TOML (strings quoted, true/false, inline arrays and tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def describe(names: Iterable[str] | None = None) -> str:
+    """Sections (all, or ``names``) as a TOML job file: every key at its
+    default, its help as a comment above it."""
+    declare_all()
+    chosen = sorted(_SCHEMA) if names is None else list(names)
+    for name in chosen:
+        if name not in _SCHEMA:
+            raise ConfigError(f"no section [{name}] (known: {', '.join(sorted(_SCHEMA))})")
     lines = []
-    for name in sorted(_SCHEMA):
+    for name in chosen:
         lines.append(f"[{name}]")
         for key, opt in _SCHEMA[name].items():
-            lines.append(f"  {key} = {opt.default!r}  # {opt.help}")
+            lines.extend(f"# {line}" for line in _wrap(opt.help))
+            lines.append(f"{key} = {toml_value(opt.default)}")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _wrap(text: str, width: int = 86) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width) or [""]
 
 
 # Sections every job has. Apps and later layers add theirs.

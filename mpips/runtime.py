@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint  # noqa: F401 - declares the [checkpoint] section
 from .app import App
 from .config import Config
 from .kv.server import KVServer

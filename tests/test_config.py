@@ -1,6 +1,7 @@
 import pytest
 
 from mpips import config
+from tests.mpitools import ROOT, run_py
 
 
 def write(tmp_path, text):
@@ -43,3 +44,43 @@ def test_bad_overrides():
 def test_missing_file():
     with pytest.raises(config.ConfigError, match="nothere.toml: job file not found"):
         config.load("nothere.toml")
+
+
+def test_every_declared_section_is_listed_where_it_is_declared():
+    """config.SECTIONS names each section's module: a reader finds them all
+    there, and no job depends on which modules happen to be imported."""
+    import ast
+
+    declared = {}
+    for path in (ROOT / "mpips").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "section" \
+                    and node.args and isinstance(node.args[0], ast.Constant):
+                module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+                declared[node.args[0].value] = module.removesuffix(".__init__")
+    assert declared == config.SECTIONS
+
+
+def test_a_fresh_process_sees_every_section():
+    proc = run_py("-c", "from mpips import config\n"
+                  "cfg = config.load(None)\n"
+                  "print(sorted(cfg.as_dict()))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(sorted(config.SECTIONS))
+
+
+def test_mpips_config_prints_a_job_file_of_every_default(tmp_path):
+    import tomllib
+
+    proc = run_py("-m", "mpips", "config")
+    assert proc.returncode == 0, proc.stderr
+    job = tmp_path / "all.toml"
+    job.write_text(proc.stdout)
+    parsed = tomllib.loads(proc.stdout)
+    assert sorted(parsed) == sorted(config.SECTIONS)
+    assert config.load(job).as_dict() == config.load(None).as_dict()
+    assert "# number of server ranks" in proc.stdout  # the help, as comments
+    one = run_py("-m", "mpips", "config", "--app", "sketch")
+    assert one.returncode == 0, one.stderr
+    sections = sorted(tomllib.loads(one.stdout))
+    assert "sketch" in sections and "lda" not in sections and "linear" not in sections

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import filters as _filters  # noqa: F401 - declares the [filters] section
 from ..app import App, Table
 from ..config import Option, positive, section
 from ..keys import hash_feature
