@@ -20,11 +20,11 @@ from typing import Any
 from data_tools.errors import DataError
 from data_tools.formats import FORMATS, ConvertOptions
 from data_tools.formats.base import BadLineBudget
-from data_tools.parallel import split_by_size
 from data_tools.sources import find_inputs
 from data_tools.writer import PartitionRecord, PartitionSink
 from mpips.data.format import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT
 from mpips.data.manifest import write_manifest
+from mpips.data.queue import split_by_size
 from mpips.transport.collective import Comm
 
 DEFAULT_TARGET_ROWS = 1_000_000

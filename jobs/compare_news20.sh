@@ -14,4 +14,4 @@ for pair in "news20.binary.train:news20" "news20.binary.test:news20-test"; do
             --rows-per-partition 1500 --overwrite
     fi
 done
-exec python -m mpips.apps.linear_compare --shared "$SHARED" "$@"
+exec python -m mpips.bench.linear_compare --shared "$SHARED" "$@"

@@ -10,5 +10,5 @@ if [ ! -f data/news20_lda/manifest.json ]; then
     python -m data_tools convert ../shared/data/news20.lda.docword.txt.gz -f uci-docword \
         --rows-per-partition 1000 -o data/news20_lda --overwrite
 fi
-exec timeout "${TIMEOUT:-3600}" python -m mpips.apps.lda_bench --data data/news20_lda \
+exec timeout "${TIMEOUT:-3600}" python -m mpips.bench.lda_compare --data data/news20_lda \
     --job jobs/lda_news20.toml "$@"

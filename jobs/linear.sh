@@ -42,7 +42,7 @@ ctr)
         rm -rf data/ctr-all
         python -m data_tools synth ctr --rows "${CTR_ROWS:-600000}" --fields 20 \
             --vocab 100000 --seed 7 --rows-per-partition 50000 -o data/ctr-all
-        python -m mpips.apps.linear_tools split data/ctr-all data/ctr data/ctr-test \
+        python -m mpips.apps.linear.tools split data/ctr-all data/ctr data/ctr-test \
             --test-partitions 2
     fi ;;
 *)

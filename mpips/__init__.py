@@ -36,9 +36,9 @@ _FACE = {
     # the kv API and the servers' update rules
     "KVWorker": "mpips.kv.worker", "KVError": "mpips.kv.worker",
     "KVServer": "mpips.kv.server",
-    "Handle": "mpips.kv.handles", "Assign": "mpips.kv.handles", "Add": "mpips.kv.handles",
-    "SGD": "mpips.kv.handles", "AdaGrad": "mpips.kv.handles",
-    "UserHandle": "mpips.kv.handles",
+    "Handle": "mpips.handles", "Assign": "mpips.handles", "Add": "mpips.handles",
+    "SGD": "mpips.handles", "AdaGrad": "mpips.handles",
+    "UserHandle": "mpips.handles",
     # keys
     "hash_feature": "mpips.keys", "mix64": "mpips.keys", "fnv1a64": "mpips.keys",
     # running a job
@@ -83,8 +83,8 @@ if TYPE_CHECKING:
     from .config import load as load_config
     from .consistency.clock import IterationQueue
     from .data.queue import PartitionQueue
+    from .handles import SGD, AdaGrad, Add, Assign, Handle, UserHandle
     from .keys import fnv1a64, hash_feature, mix64
-    from .kv.handles import SGD, AdaGrad, Add, Assign, Handle, UserHandle
     from .kv.server import KVServer
     from .kv.worker import KVError, KVWorker
     from .postoffice import Postoffice

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .config import Config
-from .kv.handles import Add, Handle
+from .handles import Add, Handle
 
 if TYPE_CHECKING:
     from .kv.server import KVServer

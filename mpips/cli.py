@@ -112,7 +112,7 @@ def _bench_app(module: str, cls: str):
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .apps.sketch_query import cli_query
+    from .apps.sketch.cli import cli_query
     return cli_query(args)
 
 
@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
                                    "sketch job (app 'sketch'), running or finished. Example: "
                                    "python -m mpips query --job-output runs/sketch --ids 1 2 "
                                    "--top 10")
-    from .apps.sketch_query import add_query_arguments
+    from .apps.sketch.cli import add_query_arguments
     add_query_arguments(q)
     q.set_defaults(func=cmd_query)
 
@@ -225,11 +225,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _linear_commands(sub) -> None:
-    """predict / inspect / plot for linear models (mpips/apps/linear_tools.py)."""
+    """predict / inspect / plot for linear models (mpips/apps/linear/tools.py)."""
     def run(name):
         def call(args):
-            from .apps import linear_tools
-            return getattr(linear_tools, name)(args)
+            from .apps.linear import tools
+            return getattr(tools, name)(args)
         return call
 
     pr = sub.add_parser("predict", help="score a converted data set with a linear model",

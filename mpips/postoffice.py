@@ -14,7 +14,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .app import Table
 from .config import Config
@@ -26,6 +29,18 @@ if TYPE_CHECKING:
     from .transport import Van
 
 Handler = Callable[[Message], None]
+
+
+@dataclass
+class Command:
+    """An app's own request to another rank, or the answer to one: a name,
+    JSON arguments and optional arrays (keys uint64, vals (n, vdim))."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    keys: np.ndarray | None = None
+    vals: np.ndarray | None = None
+    sender: int = -1
 
 
 ALL, WORKERS = 0, 1  # barrier groups
@@ -79,6 +94,9 @@ class Postoffice:
         self.events: list[dict[str, Any]] = []  # the scheduler's event log
         self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
         self._last_heartbeat = time.monotonic()
+        self._commands: dict[str, Callable[[Command], Command | None]] = {}
+        self._answers: dict[int, Command] = {}  # command id -> answer
+        self._next_command = 0
         self._barrier_passed: set[tuple[int, int]] = set()
         self._next_barrier = {ALL: 0, WORKERS: 0}
         # the scheduler's answers to task requests, in order (None: no task left)
@@ -164,6 +182,62 @@ class Postoffice:
         filters hold back and waits until its requests are answered."""
         for hook in self.task_boundary:
             hook()
+
+    # ---- the command door: an app's own messages ------------------------------
+    def on_command(self, name: str, handler: Callable[[Command], Command | None]) -> None:
+        """Serve command ``name``: ``handler(command)`` returns the answer to
+        :meth:`ask` (its name is ignored; None for :meth:`tell`). A handler
+        that raises fails this rank."""
+        if not self._commands:
+            self.on(Op.APP, self._serve_command)
+            self.on(Op.APP_REPLY, self._take_answer)
+        self._commands[name] = handler
+
+    def ask(self, ranks: list[int], command: Command,
+            timeout: float | None = None) -> list[Command]:
+        """Send ``command`` to every rank of ``ranks`` and wait for their
+        answers (in the order of ``ranks``)."""
+        if Op.APP_REPLY not in self.handlers:
+            self.on(Op.APP_REPLY, self._take_answer)
+        ids = []
+        for rank in ranks:
+            self._next_command += 1
+            ids.append(self._next_command)
+            self._send_command(rank, Op.APP, self._next_command, command)
+        self.wait_until(lambda: all(i in self._answers for i in ids),
+                        lambda: f"answers to command {command.name!r} from ranks "
+                        f"{[r for r, i in zip(ranks, ids, strict=True) if i not in self._answers]}",
+                        timeout)
+        return [self._answers.pop(i) for i in ids]
+
+    def tell(self, rank: int, command: Command) -> None:
+        """Send ``command`` to ``rank`` and expect no answer."""
+        self._send_command(rank, Op.APP, 0, command)
+
+    def _send_command(self, rank: int, op: int, cid: int, c: Command) -> None:
+        vals = None if c.vals is None else np.ascontiguousarray(c.vals)
+        self.send(rank, Message(op=op, aux=cid, meta=Message.jmeta([c.name, c.args]),
+                                keys=c.keys, vals=vals,
+                                vdim=0 if vals is None else (vals.shape[1] if vals.ndim > 1
+                                                             else 1)))
+
+    def _received(self, msg: Message) -> Command:
+        name, args = msg.json()
+        vals = None if msg.vals is None else np.asarray(msg.vals).reshape(-1, max(1, msg.vdim))
+        return Command(name, args, msg.keys, vals, msg.sender)
+
+    def _serve_command(self, msg: Message) -> None:
+        asked = self._received(msg)
+        handler = self._commands.get(asked.name)
+        if handler is None:
+            raise RuntimeError(f"{self.who} got command {asked.name!r} from rank "
+                               f"{msg.sender}, which it does not serve")
+        answer = handler(asked)
+        if msg.aux:  # asked, not told: the sender waits for the answer
+            self._send_command(msg.sender, Op.APP_REPLY, msg.aux, answer)
+
+    def _take_answer(self, msg: Message) -> None:
+        self._answers[msg.aux] = self._received(msg)
 
     def on(self, op: int, handler: Handler) -> None:
         """Route messages of ``op`` to ``handler``."""

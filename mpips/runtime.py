@@ -28,7 +28,7 @@ def run(cfg: Config, app: App) -> None:
         if van.rank == 0:
             print(f"mpips: {type(e).__name__}: {e}", flush=True)
         else:
-            time.sleep(1.0)  # leave after rank 0 has said why (see cli._fail)
+            time.sleep(1.0)  # leave after rank 0 has said why (as the CLI does)
         van.finalize_and_exit(1)
         return
     _signals(po)

@@ -4,7 +4,7 @@ SIGUSR1 (what Slurm sends before a time limit) writes a checkpoint and stops."""
 
 import signal
 import subprocess
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -86,14 +86,23 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 def test_sigusr1_writes_a_checkpoint_and_stops(tmp_path):
     env = mpi_env()
     env["MPIPS_TEST_TASK_SLEEP"] = "0.2"  # about 7 s of tasks: the signal comes mid-run
+    env["MPIPS_TEST_ANNOUNCE"] = "1"  # a line per task done
     cmd = mpiexec_cmd(5, *QUEUE, "layout.servers=1", f"job.output={tmp_path}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
+    guard = threading.Timer(90, proc.kill)  # a hang fails the test, not the suite
+    guard.start()
     try:
-        time.sleep(3)  # a few tasks in
+        seen = []
+        for line in proc.stdout:  # signal once a few tasks are done, mid-run
+            seen.append(line)
+            if sum(": task " in x for x in seen) >= 3:
+                break
         proc.send_signal(signal.SIGUSR1)  # mpiexec forwards it to every rank
-        out, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=60)
+        out = "".join(seen) + rest
     finally:
+        guard.cancel()
         proc.kill()
     assert "SIGUSR1: writing a checkpoint, then stopping" in out, out[-3000:]
     assert "stopped on SIGUSR1: checkpoint 0 is written" in out

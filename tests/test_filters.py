@@ -13,13 +13,20 @@ import pytest
 
 from mpips import config
 from mpips.app import Table
-from mpips.filters import base, fixed_point, key_codec, value_codec
-from mpips.filters.chain import ServerFilters, WorkerFilters, parse_specs
+from mpips.filters import (
+    ServerFilters,
+    WorkerFilters,
+    base,
+    fixed_point,
+    key_codec,
+    parse_specs,
+    value_codec,
+)
 from mpips.filters.key_cache import ReceiverKeyCache, SenderKeyCache
 from mpips.filters.kkt import KKTFilter
 from mpips.filters.significant import SignificantFilter
+from mpips.handles import AdaGradL1, FTRLProximal
 from mpips.keys import KEY_MAX, mix64
-from mpips.kv.handles import AdaGradL1, FTRLProximal
 from mpips.kv.store import SortedStore
 from mpips.transport import Message, Op
 from mpips.transport.message import decode, encode

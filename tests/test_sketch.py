@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from mpips.apps.sketch_store import CountMinStore, SketchParams, unmix64
-from mpips.apps.sketch_stream import (
+from mpips.apps.sketch.store import CountMinStore, SketchParams, unmix64
+from mpips.apps.sketch.stream import (
     ZipfSpec,
     aggregate,
     parse_lines,

@@ -56,9 +56,9 @@ from ..config import ConfigError, Option, non_negative, positive, section
 from ..consistency import IterationQueue
 from ..data import load_manifest, localise
 from ..data.manifest import ManifestError
-from ..kv.handles import Handle
+from ..handles import Handle
 from ..kv.worker import KVWorker
-from .linear_model import logloss_terms, read_share, sigmoid
+from .linear.model import logloss_terms, read_share, sigmoid
 
 section("bpg", {
     "data": Option(str, "partitions", "'partitions' ([data] train) or 'synthetic' (the "
@@ -234,7 +234,7 @@ class _Worker:
     def _load(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         """This worker's share of the training rows, localised."""
         if self.bc.data == "synthetic":
-            from .linear import Synthetic
+            from .linear.synthetic import Synthetic
             data = Synthetic(self.bc.synthetic_features, self.bc.synthetic_nnz,
                              self.app.cfg.job.seed)
             mbs = [data.rows(self.bc.synthetic_rows, 1 + self.index)[0]]

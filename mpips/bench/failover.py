@@ -22,8 +22,8 @@ import numpy as np
 
 from ..app import App, Table
 from ..config import Option, non_negative, positive, section
+from ..handles import Add
 from ..keys import hash_feature
-from ..kv.handles import Add
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 from . import append_jsonl

@@ -129,7 +129,7 @@ def _prepare(name: str, log) -> None:
         subprocess.run(py + ["data_tools", "synth", "ctr", "--rows", "200000", "--fields",
                              "20", "--vocab", "100000", "--seed", "7", "--rows-per-partition",
                              "25000", "-o", str(tmp)], check=True, cwd=ROOT, timeout=600)
-        subprocess.run(py + ["mpips.apps.linear_tools", "split", str(tmp),
+        subprocess.run(py + ["mpips.apps.linear.tools", "split", str(tmp),
                              str(ROOT / ds["train"]), str(ROOT / ds["test"]),
                              "--test-partitions", "2"], check=True, cwd=ROOT, timeout=600)
     log(f"prepared {name} data")

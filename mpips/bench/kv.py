@@ -16,7 +16,7 @@ With ``window`` W > 1 each worker keeps W requests in flight.
 
 For sizes up to ``naive_max_keys`` the same requests also go through a
 hand-written parameter server (pickled messages, a Python dict per server,
-a loop per key: :mod:`mpips.transport.naive`), and the speedup is printed.
+a loop per key: :mod:`mpips.transport.baselines`), and the speedup is printed.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import numpy as np
 
 from ..app import App, Table
 from ..config import Option, positive, section
+from ..handles import Add
 from ..keys import hash_feature
-from ..kv.handles import Add
 from ..kv.worker import KVWorker
-from ..postoffice import WORKERS, Postoffice
-from ..transport import Message, Op
+from ..postoffice import WORKERS, Command, Postoffice
 from . import append_jsonl
+
+RAW, NAIVE = "bench.raw", "bench.naive"  # commands to the servers: serve a baseline
 
 section("bench", {
     "keys": Option(int, 1_000_000, "largest request size in keys (sizes go 1e3, 1e4, ...)",
@@ -90,16 +91,31 @@ class KVBench(App):
         return int(min(200, max(5, 2e7 // (nkeys * self.b.vdim))))
 
     def on_server_start(self, po: Postoffice, server) -> None:
+        from ..transport import baselines  # MPI: not when [bench] is declared
         store: dict[int, object] = {}  # the naive server's dict, kept across sizes
-        asked: list[Message] = []
+        naive_asked: list[Command] = []
+        raw_asked: list[Command] = []
 
-        def naive(msg: Message) -> None:
-            asked.append(msg)
-            if len(asked) == po.num_workers:
-                po.van.naive_serve(sum(m.aux for m in asked), store)
-                asked.clear()
+        def naive(c: Command) -> None:
+            naive_asked.append(c)
+            if len(naive_asked) == po.num_workers:
+                baselines.naive_serve(po.van, sum(m.args["requests"] for m in naive_asked),
+                                      store)
+                naive_asked.clear()
 
-        po.on(Op.NAIVE_BENCH, naive)
+        def raw(c: Command) -> None:
+            # once every worker asked, serve them all at once
+            raw_asked.append(c)
+            if len(raw_asked) == po.num_workers:
+                sessions = list(raw_asked)
+                raw_asked.clear()
+                baselines.raw_serve(po.van, [m.sender for m in sessions],
+                                    [m.args["up"] for m in sessions],
+                                    [m.args["down"] for m in sessions],
+                                    sessions[0].args["reps"])
+
+        po.on_command(NAIVE, naive)
+        po.on_command(RAW, raw)
 
     def _keys(self, nkeys: int, w: int, nw: int) -> np.ndarray:
         ids = np.arange(nkeys, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
@@ -158,6 +174,7 @@ class KVBench(App):
     def _naive(self, po: Postoffice, keys: np.ndarray, vals: np.ndarray, op: str,
                reps: int) -> float:
         """The same requests through the hand-written pickled-dict server."""
+        from ..transport import baselines  # MPI: not when [bench] is declared
         by_server = po.ring.slice_by_server(keys)
         parts = []
         for server, segs in sorted(by_server.items()):
@@ -165,16 +182,16 @@ class KVBench(App):
             parts.append((po.server_rank(server), keys[a:b],
                           None if op == "pull" else vals[a:b]))
         for server in range(len(po.layout.servers)):
-            po.send(po.server_rank(server), Message(
-                op=Op.NAIVE_BENCH, aux=reps * sum(p[0] == po.server_rank(server)
-                                                  for p in parts)))
+            po.tell(po.server_rank(server), Command(NAIVE, {
+                "requests": reps * sum(p[0] == po.server_rank(server) for p in parts)}))
         t = time.perf_counter()
         for _ in range(reps):
-            po.van.naive_request(op, parts)
+            baselines.naive_request(po.van, op, parts)
         return time.perf_counter() - t
 
     def _raw(self, po: Postoffice, keys: np.ndarray, op: str, reps: int) -> float:
         """Time the same bytes to and from the same servers with plain MPI."""
+        from ..transport import baselines  # MPI: not when [bench] is declared
         peers, out, inbox = [], [], []
         by_server = po.ring.slice_by_server(keys)
         for server in range(len(po.layout.servers)):
@@ -183,15 +200,14 @@ class KVBench(App):
             n = sum(b - a for _, a, b in by_server.get(server, []))
             up, down = wire_bytes(op, n, self.b.vdim)
             rank = po.server_rank(server)
-            po.send(rank, Message(op=Op.RAW_BENCH, aux=reps + 1, aux2=up,
-                                  meta=str(down).encode()))
+            po.tell(rank, Command(RAW, {"reps": reps + 1, "up": up, "down": down}))
             peers.append(rank)
             out.append(np.ones(up, dtype=np.uint8))
             inbox.append(np.empty(down, dtype=np.uint8))
-        po.van.raw_exchange(peers, out, inbox)  # warm-up: the buffers' pages, touched
+        baselines.raw_exchange(po.van, peers, out, inbox)  # warm-up: pages touched
         t = time.perf_counter()
         for _ in range(reps):
-            po.van.raw_exchange(peers, out, inbox)
+            baselines.raw_exchange(po.van, peers, out, inbox)
         return time.perf_counter() - t
 
     def finish(self, po, workers, servers, elapsed) -> None:

@@ -27,8 +27,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..filters.base import signature
+from ..handles import Add
 from ..keys import check_keys, hash_feature, strictly_increasing
-from ..kv.handles import Add
 from ..kv.store import Signed, SortedStore
 from ..ring import KeyRing
 from ..transport.message import GATHER_MIN_BYTES, Message, Op, decode, encode

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..app import App, Table
 from ..config import Option, positive, section
-from ..kv.handles import Add
+from ..handles import Add
 from ..kv.worker import KVWorker
 from ..postoffice import WORKERS, Postoffice
 

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
+from ..handles import AdaGrad, Add
 from ..keys import hash_feature
-from ..kv.handles import AdaGrad, Add
 from ..kv.store import SortedStore
 from . import append_jsonl
 

@@ -1,5 +1,6 @@
 """Consistency: policies as task dependencies, enforced by the scheduler
-across all workers, and server-side aggregation of one task's pushes.
+across all workers. (Servers sum one task's pushes in :mod:`mpips.kv.aggregate`,
+for ``KVWorker(po, table, aggregate=True)``.)
 
 Job file section ``[consistency]``::
 
@@ -10,7 +11,7 @@ Job file section ``[consistency]``::
 
 See :mod:`mpips.consistency.policy` (what each policy waits for),
 :mod:`mpips.consistency.clock` (the scheduler's task clock and the iteration
-queue) and :mod:`mpips.consistency.aggregate` (synchronous pushes on servers).
+queue).
 """
 
 from __future__ import annotations

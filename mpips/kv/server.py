@@ -105,7 +105,6 @@ class KVServer:
         self._promoted_version = -1  # ring version under which ranges were promoted
         self.requests = 0
         self.keys_served = 0
-        self.raw_sessions: list[Message] = []
         self.resumed = False  # a checkpoint's ranges are loaded (RESUME)
         self.filters = ServerFilters(po)
         po.add_stats(("server",), self.filters.stats)
@@ -117,7 +116,6 @@ class KVServer:
         po.on(Op.REPL_ACK, self._replica_ack)
         po.on(Op.SNAPSHOT, self._snapshot_in)
         po.on(Op.SNAPSHOT_ACK, self._snapshot_ack)
-        po.on(Op.RAW_BENCH, self._raw_bench)
         po.on(Op.CHECKPOINT, self._checkpoint)
         po.on(Op.RESUME, self._resume)
         po.ring_listeners.append(self.on_ring_change)
@@ -406,15 +404,3 @@ class KVServer:
                 loaded += keys.size if where is self.primary else 0
         self.resumed = True
         self.po.send(msg.sender, Message(op=Op.LOADED, meta=Message.jmeta({"keys": loaded})))
-
-    # ---- benchmarks -------------------------------------------------------------------
-    def _raw_bench(self, msg: Message) -> None:
-        """Benchmarks: once every worker asked, serve ``aux`` raw MPI exchanges
-        with all of them at once (``aux2`` bytes in, meta bytes out each), so
-        they can measure plain MPI next to kv between the same ranks."""
-        self.raw_sessions.append(msg)
-        if len(self.raw_sessions) < self.po.num_workers:
-            return
-        sessions, self.raw_sessions = self.raw_sessions, []
-        self.po.van.raw_serve([m.sender for m in sessions], [m.aux2 for m in sessions],
-                              [int(m.meta.decode()) for m in sessions], sessions[0].aux)

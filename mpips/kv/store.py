@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .handles import Handle
+from ..handles import Handle
 
 # Slots kept for repeated key lists, per store, at least (8 bytes each, plus
 # the keys of lists not named by a signature); a store of more keys keeps as
@@ -42,10 +42,9 @@ def search_sorted(stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``np.searchsorted(stored, queries)`` for sorted ``queries``, faster on
     large arrays: numpy searches each query over all of what is left of
     ``stored``, so most of its probes miss the cache once ``stored`` is
-    larger than it (200 ns a key in 5e7 keys). Many queries are grouped by
-    the block of 2^16 stored keys (512 KiB) they fall in, and each group is
-    searched in its block alone (measured: 1e6 queries in 5e7 keys 82 ms
-    instead of 147, in 1e7 keys 37 ms instead of 49)."""
+    larger than it. Many queries are grouped by the block of 2^16 stored
+    keys (512 KiB) they fall in, and each group is searched in its block
+    alone, which stays in cache (docs/performance.md, Storage)."""
     n = stored.size
     blocks = -(-n // SEARCH_BLOCK)
     if blocks < 2 or queries.size < SEARCH_GROUP_QUERIES * blocks:
@@ -79,8 +78,8 @@ MERGE_CHUNK = 1 << 15
 
 def _rows_1d(arr: np.ndarray) -> np.ndarray:
     """A contiguous (n, vdim) array as n opaque rows: numpy moves 1-d rows by
-    index 2.5x faster than 2-d ones (measured: 1.2 ms against 2.9 ms for 1e6).
-    Rows of 1, 2, 4 or 8 bytes move as unsigned integers, faster still."""
+    index with far less overhead than 2-d ones. Rows of 1, 2, 4 or 8 bytes
+    move as unsigned integers."""
     if arr.ndim == 1:
         return arr
     size = arr.shape[1] * arr.itemsize
@@ -130,7 +129,7 @@ def merge_in_place(bufs: list[np.ndarray], n: int, new_pos: np.ndarray,
             keep = np.ones(b - a, dtype=bool)
             keep[local] = False
             # integer positions, computed once for every buffer: an integer
-            # scatter is 2.4x faster than a boolean one (measured per chunk)
+            # scatter is cheaper than a boolean one
             old_at = np.flatnonzero(keep)
         for i, (buf, fill) in enumerate(zip(bufs, fills, strict=True)):
             if scratch[i] is None:
@@ -436,7 +435,7 @@ class SortedStore:
                 return out
             self._remember(sender, keys, pos)
         # mode="clip": with the default mode and ``out``, numpy buffers the
-        # result (measured 1.3 ms against 0.6 ms for 1e6 rows); slots are valid
+        # result (a second copy); slots are valid
         return np.take(self._vbuf, pos, axis=0, out=out, mode="clip")
 
     def pushpull(self, keys: np.ndarray, pushed: np.ndarray, sender: Hashable = -1) -> np.ndarray:

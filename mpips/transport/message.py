@@ -39,9 +39,8 @@ HEADER = np.dtype([
     ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
 ])
 assert HEADER.itemsize % ALIGN == 0
-# The same layout for ``struct``: packing a header with it takes about 1 us,
-# against 10 us through numpy's structured scalars (a small request's
-# framing is mostly this).
+# The same layout for ``struct``: much cheaper to pack than numpy's structured
+# scalars, and a small request's framing is mostly this.
 _HEADER_STRUCT = struct.Struct("<IHHiiiIqiiqqiiqqq")
 assert _HEADER_STRUCT.size == HEADER.itemsize
 _SPLIT_OFFSET = HEADER.fields["split"][1]
@@ -71,7 +70,6 @@ class Op(enum.IntEnum):
     STOPPED = 24          # server -> scheduler: shut down done
     ABORT = 25            # anyone -> everyone: the job failed (meta: who and why)
     REPORT = 26           # rank -> scheduler: progress counters (meta JSON)
-    RAW_BENCH = 27        # worker -> server: serve a raw MPI echo (bench)
     ERROR = 28            # server -> worker: a request was refused (meta: why)
     TASK_REQ = 29         # worker -> scheduler: the next partition (meta: the one done)
     TASK = 30             # scheduler -> worker: a task (meta), or none left (empty)
@@ -84,14 +82,14 @@ class Op(enum.IntEnum):
     SNAPSHOT_ACK = 37     # replica -> owner
     REPAIRED = 38         # server -> scheduler: its ranges have k copies again
     EVENT = 39            # rank -> scheduler: a timestamped event for the log (meta)
-    APP = 40              # app-defined control messages (aux says which)
+    APP = 40              # an app's command (meta: name, id, args; see Postoffice.ask)
     CHECKPOINT = 41       # scheduler -> server: write your ranges (aux = id, meta = folder)
     CHECKPOINTED = 42     # server -> scheduler: written (meta: the file's entry)
     RESUME = 43           # scheduler -> server: load your ranges (meta: manifest)
     LOADED = 44           # server -> scheduler
     PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
-    NAIVE_BENCH = 46      # worker -> server: serve ``aux`` naive requests (bench)
     BUNDLE = 47           # van -> van: several small messages in one (meta: their images)
+    APP_REPLY = 48        # the answer to an APP command (meta: id, args)
 
 
 # Bits of the header's ``flags`` of kv requests. (RELEASE puts the barrier

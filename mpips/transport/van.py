@@ -7,8 +7,7 @@ This is the only module of mpips that talks to MPI.
   the caller's arrays, one contiguous message each (no copy): Open MPI moves
   a contiguous message with one copy done by the receiver alone (CMA), while
   a gathered (struct datatype) one moves in fragments only while the sender
-  calls into MPI, which a busy server does not (measured: 16 MB took 6.6 ms
-  behind a sender busy for 5 ms, against 1.4-1.7 ms contiguous or split).
+  calls into MPI, which a busy server does not (docs/performance.md).
   Buffers stay referenced until the sends complete.
 * Coalescing (``coalesce_bytes`` > 0): a small message sent with
   ``defer=True`` waits in a per-destination outbox and goes out with the
@@ -69,17 +68,15 @@ from .message import (
 )
 from .pool import RecvPool
 
-TAG_DATA = 1
-TAG_RAW = 2
+TAG_DATA = 1  # tags 2 and 3: benchmark baselines (baselines.py)
 TAG_BODY = 4  # the sections of a split message, after its header on TAG_DATA
 # Waiting: empty polls spent spinning, then seconds spent yielding the core
 # between polls, before sleeping.
 SPIN_POLLS, YIELD_SECONDS = 20, 2e-3
-# Yield the core without sleeping. Not time.sleep(0): on this kind of machine
-# (a VM) any sleep, even of 0 s, lasts about 90 us (measured), which made a
-# 1e3-key round trip 500 us; sched_yield costs 1 us and still hands the core
-# to any other runnable rank.
-_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
+# Yield the core without sleeping. Not time.sleep(0): on virtual machines any
+# sleep, even of 0 s, lasts far longer than a small round trip, while
+# sched_yield is cheap and still hands the core to any other runnable rank.
+yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
 # Sections below BODY_MIN_BYTES (padding, meta, small segments) are packed
 # together.
 BODY_MIN_BYTES = 1 << 15
@@ -401,48 +398,11 @@ class Van:
                 idle_since = now
             idle_for = now - idle_since
             if idle_for < YIELD_SECONDS:
-                _yield_core()
+                yield_core()
             else:
                 time.sleep(min(self.idle_sleep, idle_for / 10))
 
     # ---- raw MPI, for the bandwidth baseline of benchmarks -----------------
-    def raw_exchange(self, peers: list[int], out: list[np.ndarray],
-                     inbox: list[np.ndarray]) -> None:
-        """Send ``out[i]`` to and receive ``inbox[i]`` from each ``peers[i]``
-        with plain Isend/Irecv on a tag of its own, and wait for all."""
-        reqs = [self.comm.Irecv([b, MPI.BYTE], p, TAG_RAW)
-                for p, b in zip(peers, inbox, strict=True)]
-        reqs += [self.comm.Isend([b, MPI.BYTE], p, TAG_RAW)
-                 for p, b in zip(peers, out, strict=True)]
-        while not MPI.Request.Testall(reqs):
-            _yield_core()
-
-    def raw_serve(self, peers: list[int], nbytes_in: list[int], nbytes_out: list[int],
-                  reps: int) -> None:
-        """The server side of ``raw_exchange`` for several peers at once:
-        ``reps`` times, receive from all, then send to all."""
-        inbox = [np.empty(n, dtype=np.uint8) for n in nbytes_in]
-        out = [np.zeros(n, dtype=np.uint8) for n in nbytes_out]
-        for _ in range(reps):
-            reqs = [self.comm.Irecv([b, MPI.BYTE], p, TAG_RAW)
-                    for p, b in zip(peers, inbox, strict=True)]
-            while not MPI.Request.Testall(reqs):
-                _yield_core()
-            reqs = [self.comm.Isend([b, MPI.BYTE], p, TAG_RAW)
-                    for p, b in zip(peers, out, strict=True)]
-            while not MPI.Request.Testall(reqs):
-                _yield_core()
-
-    def naive_request(self, op: str, parts: list) -> list[object]:
-        """Benchmarks: a request of the hand-written pickled-dict server."""
-        from .naive import naive_request
-        return naive_request(self.comm, op, parts)
-
-    def naive_serve(self, requests: int, store: dict) -> None:
-        """Benchmarks: serve the hand-written pickled-dict server's requests."""
-        from .naive import naive_serve
-        naive_serve(self.comm, requests, store)
-
     # ---- job-wide ----------------------------------------------------------
     def host_ids(self) -> list[int]:
         """For each rank, an id of its host (the lowest rank sharing its memory).

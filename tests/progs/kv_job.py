@@ -185,6 +185,8 @@ class QueueJob(App):
             time.sleep(float(os.environ.get("MPIPS_TEST_TASK_SLEEP", "0")))
             taken += 1
             task = po.next_task(done=task)
+            if os.environ.get("MPIPS_TEST_ANNOUNCE"):
+                print(f"worker {po.worker_index()}: task {taken} done", flush=True)
         po.barrier(WORKERS)
         got = c.wait(c.pull(np.arange(self.PARTITIONS, dtype=np.uint64)))[:, 0]
         if not np.all(got == self.EPOCHS):

@@ -51,7 +51,7 @@ import numpy as np
 
 from mpips.keys import fnv1a64
 
-from ..keys import hash_feature, mix64
+from ...keys import hash_feature, mix64
 
 
 @dataclass
@@ -289,6 +289,6 @@ def dir_stream(folder: str | Path, worker: int, workers: int, item_type: str,
 
 def hdf5_batches(paths: list[str], batch_rows: int) -> Iterator[Batch]:
     """Every nonzero of a converted partition is one item (its stored key)."""
-    from ..data import read_minibatches
+    from ...data import read_minibatches
     for mb in read_minibatches(paths, batch_rows):
         yield Batch(mb.keys, None, mb.nnz)

@@ -1,6 +1,6 @@
 """mpips against scikit-learn on news20.binary: wall time to reach a test AUC.
 
-    python -m mpips.apps.linear_compare [--target 0.985] [--np 4] [--repeat 2]
+    python -m mpips.bench.linear_compare [--target 0.985] [--np 4] [--repeat 2]
 
 (``jobs/compare_news20.sh`` converts the data first.) In one run, on the same
 machine and data, it measures:
@@ -116,7 +116,7 @@ def _fmt(values: list[float | None]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpips.apps.linear_compare",
+    p = argparse.ArgumentParser(prog="python -m mpips.bench.linear_compare",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--target", type=float, default=0.985, help="test AUC to reach")
     p.add_argument("--np", type=int, default=4, help="mpiexec ranks for mpips")

@@ -1,5 +1,5 @@
 """Commands around linear models: ``predict``, ``inspect``, ``plot`` (wired into
-``python -m mpips``), and ``split`` (``python -m mpips.apps.linear_tools split``)
+``python -m mpips``), and ``split`` (``python -m mpips.apps.linear.tools split``)
 which cuts a converted data set into train and test folders by partition.
 
 ``predict`` runs alone (numpy in one process) or under ``mpiexec``: each rank
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import load_manifest
-from ..data.manifest import ManifestError, write_manifest
-from .linear_model import BIAS_KEY, metrics_of, read_model, read_share, sigmoid
+from ...data import load_manifest
+from ...data.manifest import ManifestError, write_manifest
+from .model import BIAS_KEY, metrics_of, read_model, read_share, sigmoid
 
 
 # ---- predict -------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def predict(model_path: str, data: str, out: str | None, chunk_rows: int = 65536
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..transport.collective import Comm  # MPI only when started by a launcher
+    from ...transport.collective import Comm  # MPI only when started by a launcher
 
     comm = Comm()
     try:
@@ -222,7 +222,7 @@ def split_dataset(src: str, train: str, test: str, test_partitions: int) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpips.apps.linear_tools")
+    p = argparse.ArgumentParser(prog="python -m mpips.apps.linear.tools")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("split", help="cut a converted data set into train and test folders")
     s.add_argument("src")

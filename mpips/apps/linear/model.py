@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from ..data import localise
-from ..data.reader import Minibatch, PartitionReader
-from ..keys import hash_feature
+from ...data import localise
+from ...data.reader import Minibatch, PartitionReader
+from ...keys import hash_feature
 
 MODEL_FORMAT = "mpips-linear-model"
 # The key of the intercept: a fixed key no data set uses by accident (a

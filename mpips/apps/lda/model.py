@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..keys import mix64
+from ...keys import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1_INV = np.uint64(pow(0xBF58476D1CE4E5B9, -1, 2**64))

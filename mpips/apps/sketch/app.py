@@ -1,13 +1,13 @@
 """Streaming count-min sketch: workers push (item key, count) increments,
 servers hold count-min rows for the keys of their ring ranges.
 
-Data path. A worker reads a stream (:mod:`mpips.apps.sketch_stream`: Zipf
+Data path. A worker reads a stream (:mod:`mpips.apps.sketch.stream`: Zipf
 generator, news20 words, stdin / file / FIFO, a folder of arriving part files,
 or HDF5 partitions), hashes item ids with :func:`mpips.keys.hash_feature`
 (strings: FNV-1a 64 first), aggregates duplicates of a batch worker-side (one
 sort: sorted unique keys and summed counts), and pushes them to table
 ``cms`` (int64, vdim 1) with at most ``max_inflight`` pushes outstanding.
-Each server's table is a :class:`~mpips.apps.sketch_store.CountMinStore`:
+Each server's table is a :class:`~mpips.apps.sketch.store.CountMinStore`:
 ``depth x width`` int64 counters from ``epsilon``/``delta``, plain or
 conservative update, and a vectorised heavy-hitter candidate set. Pulls return
 estimates, so point queries are ordinary kv pulls.
@@ -18,14 +18,6 @@ on mpiexec's stdin cannot end. ``jobs/sketch_stdin.sh`` therefore copies its
 own stdin into a FIFO that worker 0 reads (``source = "file"``): end of the
 input ends the job cleanly. ``source = "stdin"`` reads fd 0 of worker 0 for an
 MPI that forwards EOF, with ``idle_timeout`` as a way out.
-
-Queries. While the job runs, worker 0 polls ``OUTPUT/queries`` every
-``query_poll`` s for ``*.query.json`` files and writes ``*.answer.json`` next
-to them: point estimates by pulls, heavy hitters by asking every server for
-its re-estimated candidates (``Op.APP``). At the end each server saves its part
-to ``OUTPUT/sketch/server-<i>.h5`` and the scheduler writes
-``OUTPUT/sketch/index.json``; :func:`query` answers from those once they exist.
-``python -m mpips query --job-output OUTPUT ...`` does either.
 
 Throughput is reported as inserts (stream records) per second: every worker
 times its stream loop from a common start (a barrier after sources are ready)
@@ -39,21 +31,20 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..app import App, Table
-from ..config import ConfigError, Option, non_negative, positive, section
-from ..keys import hash_feature
-from ..kv.handles import Add
-from ..kv.worker import KVWorker
-from ..postoffice import WORKERS, Postoffice
-from ..transport import Message, Op
-from .sketch_store import INDEX_NAME, CountMinStore, SavedSketch, SketchParams, merge_top, unmix64
-from .sketch_stream import (
+from ...app import App, Table
+from ...config import ConfigError, Option, non_negative, positive, section
+from ...handles import Add
+from ...kv.worker import KVWorker
+from ...postoffice import WORKERS, Postoffice
+from ..progress import Deltas
+from .queries import LiveQueries, serve_top, write_json_atomic
+from .store import INDEX_NAME, CountMinStore, SavedSketch, SketchParams, unmix64
+from .stream import (
     Batch,
     ZipfSpec,
     aggregate,
@@ -105,156 +96,13 @@ section("sketch", {
                               positive),
 })
 
-APP_TOP, APP_TOP_REPLY = 1, 2
-
-
 def sketch_params(cfg) -> SketchParams:
     sc = cfg.sketch
     return SketchParams(sc.epsilon, sc.delta, cfg.job.seed, sc.conservative, sc.candidates)
 
 
-# ---- queries (shared by the live worker and the saved sketch) ---------------------------
-def query_keys(query: dict[str, Any]) -> tuple[list[Any], np.ndarray]:
-    """The items a query names and their keys: ``ids`` (integers, hashed as the
-    job hashes them), ``strings`` (FNV-1a 64, then hashed) or raw ``keys``."""
-    from mpips.keys import fnv1a64
-    items: list[Any] = []
-    keys = [np.empty(0, np.uint64)]
-    if query.get("ids"):
-        items += list(query["ids"])
-        keys.append(hash_feature(np.asarray(query["ids"], dtype=np.int64)))
-    if query.get("strings"):
-        items += list(query["strings"])
-        keys.append(hash_feature(fnv1a64(np.array([s.encode() for s in query["strings"]]))))
-    if query.get("keys"):
-        items += list(query["keys"])
-        keys.append(np.asarray([int(k) for k in query["keys"]], dtype=np.uint64))
-    return items, np.concatenate(keys)
 
-
-def make_answer(query: dict[str, Any], items: list[Any], keys: np.ndarray,
-                estimates: np.ndarray, top_keys: np.ndarray, top_est: np.ndarray,
-                total: int, epsilon: float, source: str) -> dict[str, Any]:
-    fraction = float(query.get("fraction", 0.0))
-    keep = top_est >= fraction * total
-    return {
-        "source": source, "total": int(total), "epsilon": epsilon,
-        "error_bound": epsilon * total,
-        "points": [{"item": it, "key": int(k), "estimate": int(e)}
-                   for it, k, e in zip(items, keys.tolist(), estimates.tolist(), strict=True)],
-        # ``id`` inverts the integer-id hash; for string items it is their FNV-1a 64.
-        "top": [{"key": int(k), "id": int(i), "estimate": int(e)} for k, i, e in
-                zip(top_keys[keep].tolist(), unmix64(top_keys[keep]).tolist(),
-                    top_est[keep].tolist(), strict=True)],
-    }
-
-
-def answer_saved(sketch_dir: str | Path, query: dict[str, Any]) -> dict[str, Any]:
-    """Answer a query from a finished job's saved sketch."""
-    saved = SavedSketch(sketch_dir)
-    items, keys = query_keys(query)
-    est = saved.estimate(keys)
-    tk, te = saved.top(int(query.get("top", 0)))
-    return make_answer(query, items, keys, est, tk, te, saved.total,
-                       saved.index["epsilon"], "saved")
-
-
-def query(job_output: str | Path, q: dict[str, Any], timeout: float = 30.0,
-          poll: float = 0.05) -> dict[str, Any]:
-    """Ask a running job (through ``OUTPUT/queries``) or a finished one (its
-    saved sketch). Raises TimeoutError naming the folder if nobody answers."""
-    out = Path(job_output)
-    sketch_dir = out / "sketch"
-    if (sketch_dir / INDEX_NAME).exists():
-        return answer_saved(sketch_dir, q)
-    qdir = out / "queries"
-    qdir.mkdir(parents=True, exist_ok=True)
-    name = uuid.uuid4().hex
-    _write_json_atomic(qdir / f"{name}.query.json", q)
-    answer = qdir / f"{name}.answer.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if answer.exists():
-            result = json.loads(answer.read_text())
-            answer.unlink(missing_ok=True)
-            return result
-        if (sketch_dir / INDEX_NAME).exists():
-            (qdir / f"{name}.query.json").unlink(missing_ok=True)
-            return answer_saved(sketch_dir, q)
-        time.sleep(poll)
-    (qdir / f"{name}.query.json").unlink(missing_ok=True)
-    raise TimeoutError(f"no answer within {timeout:g} s from a job writing to {out}: no "
-                       f"running sketch job polls {qdir} and {sketch_dir / INDEX_NAME} "
-                       "does not exist")
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-class _LiveQueries:
-    """Worker 0's side of the query folder."""
-
-    def __init__(self, po: Postoffice, kv: KVWorker, folder: Path, interval: float,
-                 epsilon: float):
-        self.po, self.kv, self.folder = po, kv, folder
-        self.interval, self.epsilon = interval, epsilon
-        self.next_look = 0.0
-        self.replies: list[Message] = []
-        self.answered = 0
-        po.on(Op.APP, self._reply)
-
-    def _reply(self, msg: Message) -> None:
-        if msg.aux != APP_TOP_REPLY:
-            raise RuntimeError(f"unexpected app message {msg.aux} from rank {msg.sender}")
-        self.replies.append(msg)
-
-    def poll(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self.next_look:
-            return
-        self.next_look = now + self.interval
-        try:
-            names = sorted(n for n in os.listdir(self.folder) if n.endswith(".query.json"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = self.folder / name
-            try:
-                q = json.loads(path.read_text())
-                result = self.answer(q)
-            except (ValueError, TypeError, OSError) as e:
-                result = {"error": f"{name}: {e}"}
-            _write_json_atomic(self.folder / name.replace(".query.json", ".answer.json"),
-                               result)
-            path.unlink(missing_ok=True)
-            self.answered += 1
-
-    def answer(self, q: dict[str, Any]) -> dict[str, Any]:
-        items, keys = query_keys(q)
-        order = np.argsort(keys, kind="stable")
-        uniq, inverse = np.unique(keys[order], return_inverse=True)
-        est_sorted = self.kv.wait(self.kv.pull(uniq))[:, 0] if uniq.size else \
-            np.empty(0, np.int64)
-        est = np.empty(keys.size, np.int64)
-        est[order] = est_sorted[inverse]
-        k = int(q.get("top", 0))
-        self.replies = []
-        servers = self.po.layout.servers
-        for rank in servers:
-            self.po.send(rank, Message(op=Op.APP, aux=APP_TOP, aux2=k))
-        self.po.wait_until(lambda: len(self.replies) == len(servers),
-                           lambda: "heavy-hitter replies from the servers")
-        tk, te = merge_top([m.keys for m in self.replies],
-                           [np.zeros(0, np.int64) if m.vals is None else m.vals.reshape(-1)
-                            for m in self.replies], k)
-        total = sum(m.aux2 for m in self.replies)
-        return make_answer(q, items, keys, est, tk, te, total, self.epsilon, "live")
-
-
-# ---- the app -----------------------------------------------------------------------------
+# ---- the app -------------------------------------------------------------------------
 class SketchApp(App):
     name = "sketch"
 
@@ -266,7 +114,7 @@ class SketchApp(App):
             raise ConfigError(f"{cfg.source}: [sketch] source = {self.sc.source!r} needs "
                              "[sketch] path")
         self.out = Path(cfg.job.output)
-        self._last: tuple[float, dict[str, float]] | None = None
+        self._deltas = Deltas()
 
     def tables(self) -> list[Table]:
         params = self.params
@@ -276,7 +124,7 @@ class SketchApp(App):
     def work_queue(self):
         if self.sc.source != "hdf5":
             return None
-        from ..data import PartitionQueue, load_manifest
+        from ...data import PartitionQueue, load_manifest
         return PartitionQueue(load_manifest(self.sc.path).paths, epochs=self.sc.repeat)
 
     # ---- worker ----
@@ -320,7 +168,7 @@ class SketchApp(App):
             (self.out / "queries").mkdir(parents=True, exist_ok=True)
             # A finished run's index would answer queries meant for this one.
             (self.out / "sketch" / INDEX_NAME).unlink(missing_ok=True)
-            live = _LiveQueries(po, kv, self.out / "queries", sc.query_poll, sc.epsilon)
+            live = LiveQueries(po, kv, self.out / "queries", sc.query_poll, sc.epsilon)
         source = self._source(po)
         if isinstance(source, _Prefetched):
             source.prime()
@@ -373,17 +221,7 @@ class SketchApp(App):
         return server.ranges("cms")
 
     def on_server_start(self, po, server) -> None:
-        def on_app(msg: Message) -> None:
-            if msg.aux != APP_TOP:
-                raise RuntimeError(f"unexpected app message {msg.aux} from rank {msg.sender}")
-            parts = [store for _, store in self._ranges(server)]
-            tops = [s.top(msg.aux2) for s in parts]
-            keys, est = merge_top([t[0] for t in tops], [t[1] for t in tops], msg.aux2)
-            po.send(msg.sender, Message(op=Op.APP, aux=APP_TOP_REPLY,
-                                        aux2=sum(s.total for s in parts),
-                                        keys=keys, vals=est.reshape(-1, 1), vdim=1))
-
-        po.on(Op.APP, on_app)
+        serve_top(po, lambda: [store for _, store in self._ranges(server)])
 
     def on_server_stop(self, po, server) -> dict[str, Any]:
         files, total, updates, seconds = {}, 0, 0, 0.0
@@ -399,10 +237,8 @@ class SketchApp(App):
 
     # ---- scheduler ----
     def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
-        prev_t, prev = self._last or (0.0, {})
-        self._last = (elapsed, dict(totals))
-        dt = max(elapsed - prev_t, 1e-9)
-        drec = totals.get("records", 0) - prev.get("records", 0)
+        change, dt = self._deltas.step(totals, elapsed)
+        drec = change.get("records", 0)
         return (f"inserts {totals.get('records', 0):.4g} ({drec / dt:.3g}/s) "
                 f"count {totals.get('count', 0):.4g} unique/request "
                 f"{totals.get('unique', 0) / max(1, totals.get('pushes', 0)):.3g}")
@@ -421,7 +257,7 @@ class SketchApp(App):
                  "delta": sc.delta, "depth": p.depth, "width": p.width,
                  "conservative": sc.conservative, "item_type": sc.item_type,
                  "total": sum(s["total"] for s in servers)}
-        _write_json_atomic(self.out / "sketch" / INDEX_NAME, index)
+        write_json_atomic(self.out / "sketch" / INDEX_NAME, index)
         records = sum(w["counters"]["records"] for w in workers)
         count = sum(w["counters"]["count"] for w in workers)
         unique = sum(w["counters"]["unique"] for w in workers)

@@ -8,25 +8,27 @@ its words' rows and the totals in one request. Document-topic counts and the
 topic assignments stay on the worker that holds the document.
 
 Data placement: LDA must revisit the same documents every sweep together with
-their assignments, so the work queue is used once: in the first step every
-worker takes partitions from the scheduler's queue (one epoch; a fast worker
-takes more) and keeps them, with their assignments, in memory for all sweeps.
-There are no per-sweep tasks to hand out, so a lost worker's documents would
-have to be re-read and re-initialised (not done here).
+their assignments, so partitions are dealt to workers once, at start, biggest
+first to the least loaded (:func:`mpips.data.queue.split_by_size`), and each
+worker keeps its documents, with their assignments, in memory for all sweeps.
+A lost worker's documents would have to be re-read and re-initialised (not
+done here).
+
+Sweeps are tasks: the work queue is an :class:`~mpips.consistency.IterationQueue`
+(sweep s is iteration s - 1 of every worker), so ``[consistency] policy`` says
+when a worker may start a sweep: ``sequential`` (a sweep starts once every
+worker finished the one before: BSP over sweeps), ``eventual`` (no wait), or
+``bounded_delay:TAU`` (sweep s starts once every live worker finished sweep
+s - 1 - TAU), enforced by the scheduler's task clock; a sweep counts as
+finished when its pushes are acknowledged.
 
 Sampling: a worker's tokens are cut into blocks of whole documents
 (``block_tokens``). For each block it pulls its words' rows and the totals
 (the next block's pull is sent before this block is sampled, so transfer and
 compute overlap), resamples every token of the block in ``phases`` vectorised
-steps (:class:`~mpips.apps.lda_model.GibbsBlocks`): word-topic counts are stale
+steps (:class:`~mpips.apps.lda.model.GibbsBlocks`): word-topic counts are stale
 within the block as in AD-LDA / Yahoo LDA, document-topic counts only within a
-phase. It pushes the count deltas (int32, added on the servers). ``sync =
-"sweep"`` puts a worker barrier after every sweep (BSP over sweeps); ``"none"``
-lets workers run ahead until the next evaluation (eventual consistency);
-``"bounded:TAU"`` is bounded delay over sweeps, enforced globally: every
-worker adds 1 to its progress counter on the servers when a sweep's pushes
-are acknowledged, and starts sweep s only once every live worker has
-finished sweep s - 1 - TAU (``bounded:0`` is BSP without a barrier).
+phase. It pushes the count deltas (int32, added on the servers).
 
 Evaluation every ``eval_every`` sweeps (after a barrier, so counts are exact):
 training log-likelihood per token (from the last sweep's sampling
@@ -51,13 +53,16 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from ..app import App, Table
-from ..config import Option, non_negative, positive, section
-from ..data import PartitionQueue, PartitionReader, load_manifest
-from ..kv.handles import Add
-from ..kv.worker import KVWorker
-from ..postoffice import WORKERS, Postoffice
-from .lda_model import (
+from ...app import App, Table
+from ...config import Option, non_negative, positive, section
+from ...consistency import IterationQueue
+from ...data import PartitionReader, load_manifest
+from ...data.queue import split_by_size
+from ...handles import Add
+from ...kv.worker import KVWorker
+from ...postoffice import WORKERS, Postoffice
+from ..progress import Deltas
+from .model import (
     TOTALS_KEY,
     GibbsBlocks,
     check_counts,
@@ -71,20 +76,6 @@ from .lda_model import (
     word_key,
 )
 
-
-def _sync_ok(v: str) -> str | None:
-    if v in ("sweep", "none"):
-        return None
-    if v.startswith("bounded:") and v[8:].isdigit():
-        return None
-    return "must be 'sweep', 'none' or 'bounded:TAU' with TAU >= 0"
-
-
-def sync_delay(sync: str) -> int | None:
-    """TAU of 'bounded:TAU', else None."""
-    return int(sync[8:]) if sync.startswith("bounded:") else None
-
-
 section("lda", {
     "topics": Option(int, 20, "number of topics K", positive),
     "alpha": Option(float, 0.1, "document-topic Dirichlet prior", positive),
@@ -94,9 +85,6 @@ section("lda", {
                            positive),
     "phases": Option(int, 4, "vectorised steps per block; document-topic counts are "
                      "stale only within a step", positive),
-    "sync": Option(str, "sweep", "'sweep': workers meet after every sweep; 'none': only "
-                   "at evaluations (eventual consistency); 'bounded:TAU': a worker starts "
-                   "sweep s once all have finished s - 1 - TAU", _sync_ok),
     "max_inflight": Option(int, 2, "pushes a worker keeps outstanding", positive),
     "heldout_fraction": Option(float, 0.1, "documents held out for perplexity "
                                "(fixed by their global row number)", non_negative),
@@ -116,7 +104,6 @@ section("lda", {
 })
 
 STATS_INIT = 1 << 40  # stats table key of the tokens count pushed at start
-STATS_PROGRESS = (1 << 40) + 1024  # + worker index: sweeps that worker finished
 _EVAL_STRIDE = 1 << 32  # stats keys of evaluation e: e * stride + slot
 
 
@@ -150,26 +137,26 @@ class LdaApp(App):
                              "manifest does not give the vocabulary size: set vocab_size")
         self.vocab_size = int(vocab_size)
         self.first_row = {p.path: p.first_row for p in self.manifest.partitions}
-        self._last: tuple[float, dict[str, float]] | None = None
+        self._deltas = Deltas()
         self._printed_eval = -1
 
     def tables(self) -> list[Table]:
         return [Table("lda_wt", vdim=self.lc.topics, dtype="int32", handle=Add()),
                 Table("lda_stats", vdim=1, dtype="float64", handle=Add())]
 
-    def work_queue(self) -> PartitionQueue:
-        # One epoch: it only places partitions on workers, who keep them.
-        return PartitionQueue(self.manifest.paths, epochs=1, shuffle=False)
+    def work_queue(self) -> IterationQueue:
+        # Sweeps are the tasks; [consistency] policy says when one may start.
+        return IterationQueue(self.lc.sweeps)
 
     # ---- worker ----------------------------------------------------------------
     def _load(self, po: Postoffice) -> tuple[list, list]:
-        """Take partitions from the queue until it is empty; (train, held-out) pieces
-        of (indptr, words, counts)."""
+        """This worker's partitions, dealt by size; (train, held-out) pieces of
+        (indptr, words, counts)."""
         train, held = [], []
-        done = None
         identity = self.method == "identity"
-        while (task := po.next_task(done)) is not None:
-            path = task["path"]
+        parts = self.manifest.partitions
+        mine = split_by_size([p.rows for p in parts], po.num_workers)[po.worker_index()]
+        for path in (parts[i].path for i in mine):
             with PartitionReader(path) as reader:
                 mb = reader.read(0, reader.rows)
             counts = check_counts(mb.indptr, mb.keys, mb.values,
@@ -183,7 +170,6 @@ class LdaApp(App):
                     np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
                 indptr = np.concatenate([[0], np.cumsum(lengths)])
                 dest.append((indptr, mb.keys[take], counts[take]))
-            done = task
         return train, held
 
     @staticmethod
@@ -245,12 +231,9 @@ class LdaApp(App):
         history: list[dict[str, Any]] = []
         train_seconds = 0.0
         last_report = time.monotonic()
-        tau = sync_delay(lc.sync)
-        progress_keys = STATS_PROGRESS + np.arange(po.num_workers, dtype=np.uint64)
-        delays: list[int] = []  # per sweep: how far ahead of the slowest worker it began
-        for sweep in range(1, lc.sweeps + 1):
-            if tau is not None:
-                delays.append(self._wait_for_slowest(po, stats, progress_keys, sweep, tau))
+        task = po.next_task()  # sweeps are tasks: the policy says when one may start
+        while task is not None:
+            sweep = task["iteration"] + 1
             t0 = time.monotonic()
             if lc.straggle and po.worker_index() == 0:
                 time.sleep(lc.straggle)
@@ -263,11 +246,8 @@ class LdaApp(App):
             if evaluate:
                 counters["train_ll"] += loglik
                 counters["ll_tokens"] += gibbs.num_tokens
-            if tau is not None:
-                wt.wait_all()  # the sweep's counts are in before it counts as finished
-                stats.wait(stats.push(progress_keys[[po.worker_index()]],
-                                      np.ones((1, 1), np.float64)))
-            if lc.sync == "sweep" or evaluate or lc.check_counts:
+            if evaluate or lc.check_counts:
+                wt.wait_all()
                 po.barrier(WORKERS)  # every push of this sweep is in
                 if lc.check_counts and po.worker_index() == 0:
                     self._check_counts(wt, all_req, total_tokens, sweep)
@@ -285,28 +265,11 @@ class LdaApp(App):
             elif time.monotonic() - last_report >= 1.0:
                 po.report(counters)
                 last_report = time.monotonic()
+            task = po.next_task(done=task)  # its pushes are acknowledged first
         po.barrier(WORKERS)
-        return {"counters": counters, "history": history, "delays": delays,
+        return {"counters": counters, "history": history,
                 "tokens": gibbs.num_tokens,
                 "docs": gibbs.num_docs, "heldout_docs": int(ho_indptr.size - 1)}
-
-    def _wait_for_slowest(self, po: Postoffice, stats: KVWorker, progress_keys: np.ndarray,
-                          sweep: int, tau: int) -> int:
-        """Bounded delay: wait until every live worker finished sweep
-        ``sweep - 1 - tau``; return how many sweeps ahead of the slowest this
-        worker starts (at most ``tau``)."""
-        live = [po.layout.workers.index(r) for r in po.live_workers()]
-        keys = progress_keys[live]
-        deadline = time.monotonic() + po.timeout
-        while True:
-            done = stats.wait(stats.pull(keys))[:, 0]
-            slowest = int(done.min())
-            if slowest >= sweep - 1 - tau:
-                return sweep - 1 - slowest
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"sweep {sweep}: waited {po.timeout:g} s for the slowest "
-                                   f"worker (at sweep {slowest}, bound {tau})")
-            time.sleep(0.005)
 
     def _sweep(self, wt: KVWorker, gibbs: GibbsBlocks, block_req: list, rng,
                want_loglik: bool, counters: dict[str, Any]) -> float:
@@ -396,9 +359,8 @@ class LdaApp(App):
 
     # ---- scheduler ------------------------------------------------------------------
     def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
-        prev_t, prev = self._last or (0.0, {})
-        self._last = (elapsed, dict(totals))
-        rate = (totals.get("tokens", 0) - prev.get("tokens", 0)) / max(elapsed - prev_t, 1e-9)
+        change, seconds = self._deltas.step(totals, elapsed)
+        rate = change.get("tokens", 0) / seconds
         line = f"sweep {int(totals.get('sweep', 0))} tokens/s {rate:.3g}"
         if "eval_sweep" in totals:
             line += (f" | eval sweep {int(totals['eval_sweep'])} at "
@@ -435,11 +397,6 @@ class LdaApp(App):
         with open(out / "metrics.jsonl", "a") as f:
             for row in history:
                 f.write(json.dumps({"app": "lda", "topics": lc.topics, **row}) + "\n")
-        tau = sync_delay(lc.sync)
-        if tau is not None:
-            ahead = [max(w.get("delays") or [0]) for w in workers]
-            print(f"lda: bounded delay {tau}: the workers began sweeps at most {ahead} "
-                  "sweeps ahead of the slowest", flush=True)
         tokens = sum(w.get("tokens", 0) for w in workers)
         print(f"lda: {tokens} training tokens in {sum(w.get('docs', 0) for w in workers)} docs, "
               f"{sum(w.get('heldout_docs', 0) for w in workers)} held-out docs; "

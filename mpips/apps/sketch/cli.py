@@ -25,7 +25,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli_query(args: argparse.Namespace) -> int:
-    from .sketch import query
+    from .queries import query
     q = {"ids": args.ids, "strings": args.strings, "keys": args.keys, "top": args.top,
          "fraction": args.fraction}
     try:

@@ -52,8 +52,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..keys import KEY_MAX, mix64
-from ..ring import KeyRing
+from ...keys import KEY_MAX, mix64
+from ...ring import KeyRing
 
 SKETCH_FORMAT = "mpips-countmin"
 SKETCH_VERSION = 1

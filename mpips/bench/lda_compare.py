@@ -1,7 +1,7 @@
 """LDA benchmark: mpips against gensim's LdaMulticore and scikit-learn's
 LatentDirichletAllocation, on the same documents and split, scored by the same code.
 
-    python -m mpips.apps.lda_bench --data data/news20_lda --topics 20 100
+    python -m mpips.bench.lda_compare --data data/news20_lda --topics 20 100
 
 For every number of topics it runs (one after the other, so they do not share
 the cores) the mpips job (``mpiexec`` with a timeout, ``jobs/lda_news20.toml``
@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..data import PartitionReader, load_manifest
-from .lda_model import (
+from ..apps.lda.model import (
     completion_loglik,
     completion_split,
     cooccurrence,
@@ -40,6 +39,7 @@ from .lda_model import (
     top_words,
     umass,
 )
+from ..data import PartitionReader, load_manifest
 
 
 def load_split(folder: str, fraction: float, seed: int
@@ -164,7 +164,7 @@ def summary(k, rows) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpips.apps.lda_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mpips.bench.lda_compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/news20_lda")
     p.add_argument("--job", default="jobs/lda_news20.toml")

@@ -1,0 +1,256 @@
+"""The linear app on the scheduler and the servers: its job file section,
+tables, work queue, progress line, metrics file and the merged model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...app import App, Table
+from ...config import ConfigError, Option, non_negative, positive, section
+from ...data import load_manifest
+from ...data.manifest import Manifest, ManifestError
+from ...data.queue import PartitionQueue
+from ...handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
+from ...postoffice import Postoffice
+from ..progress import Deltas
+from .model import (
+    LOSSES,
+    metrics_of,
+    read_model,
+    write_model,
+)
+from .synthetic import Synthetic
+from .worker import LinearWorker
+
+ALGORITHMS = ("sgd", "adagrad", "ftrl")
+
+section("linear", {
+    "data": Option(str, "synthetic", "'synthetic' (built-in planted model) or 'partitions' "
+                   "([data] train / test folders)", choices=("synthetic", "partitions")),
+    "loss": Option(str, "logistic", "loss", choices=LOSSES),
+    "algorithm": Option(str, "adagrad", "server update: sgd (decaying rate), adagrad, ftrl "
+                        "(FTRL-Proximal)", choices=ALGORITHMS),
+    "lr": Option(float, 0.1, "learning rate of sgd and adagrad", positive),
+    "decay": Option(float, 0.0, "sgd: rate = lr / (1 + decay * t) ** decay_power, t = the "
+                    "key's updates", non_negative),
+    "decay_power": Option(float, 0.5, "sgd: exponent of the rate decay", non_negative),
+    "alpha": Option(float, 0.1, "ftrl: alpha (per-coordinate rate scale)", positive),
+    "beta": Option(float, 1.0, "ftrl: beta (rate smoothing)", non_negative),
+    "l1": Option(float, 0.0, "L1 penalty (sgd/adagrad: prox step on the server; ftrl: its "
+                 "own l1 on summed gradients)", non_negative),
+    "l2": Option(float, 0.0, "L2 penalty (sgd/adagrad: l2 * w added to gradients of the mean "
+                 "loss; ftrl: its own l2)", non_negative),
+    "bias": Option(bool, True, "learn an intercept (a key every row has)"),
+    "minibatch": Option(int, 1000, "rows per minibatch (synthetic data; partitions use "
+                        "[data] minibatch)", positive),
+    "epochs": Option(int, 2, "passes over the rows (synthetic data; partitions use "
+                     "[data] epochs)", positive),
+    "max_inflight": Option(int, 2, "requests a worker keeps outstanding (pull ahead needs "
+                           ">= 2)", positive),
+    "report_interval": Option(float, 1.0, "seconds between worker progress reports",
+                              positive),
+    "eval_every": Option(int, 1, "epochs between test evaluations (0: only at the end)",
+                         non_negative),
+    "eval_batch": Option(int, 20000, "rows scored per pull during evaluation", positive),
+    "auc_exact_rows": Option(int, 200_000, "test sets up to this many rows get an exact "
+                             "AUC; larger ones a histogram AUC", non_negative),
+    "auc_bins": Option(int, 8192, "bins of the histogram AUC (margins in "
+                       "[-auc_span, auc_span])", positive),
+    "auc_span": Option(float, 16.0, "margin range of the AUC histogram", positive),
+    "save_model": Option(bool, True, "write model.h5 in [job] output"),
+    "save_state": Option(bool, False, "also write the optimizer state into model.h5"),
+    "synthetic_rows": Option(int, 100_000, "synthetic training rows per worker", positive),
+    "synthetic_test_rows": Option(int, 20_000, "synthetic test rows (shared)", positive),
+    "synthetic_features": Option(int, 100_000, "synthetic feature ids", positive),
+    "synthetic_nnz": Option(int, 20, "nonzero features per synthetic row", positive),
+})
+
+
+def make_handle(lc: Any) -> Handle:
+    if lc.algorithm == "ftrl":
+        return FTRLProximal(alpha=lc.alpha, beta=lc.beta, l1=lc.l1, l2=lc.l2)
+    if lc.algorithm == "adagrad":
+        return AdaGradL1(lr=lc.lr, l1=lc.l1)
+    return DecayingSGD(lr=lc.lr, decay=lc.decay, power=lc.decay_power, l1=lc.l1)
+
+
+class LinearApp(App):
+    name = "linear"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.lc = lc = cfg.linear
+        self.train: Manifest | None = None
+        self.test: Manifest | None = None
+        if lc.data == "partitions":
+            self.train = self._manifest("train", required=True)
+            self.test = self._manifest("test", required=False)
+            self.epochs, self.minibatch = cfg.data.epochs, cfg.data.minibatch
+            self.train_rows = self.train.rows
+            self.test_rows = self.test.rows if self.test else 0
+        else:
+            self.epochs, self.minibatch = lc.epochs, lc.minibatch
+            self.train_rows = lc.synthetic_rows  # per worker; the scheduler scales it
+            self.test_rows = lc.synthetic_test_rows
+        self.exact_auc = 0 < self.test_rows <= lc.auc_exact_rows
+        # scheduler state
+        self._deltas = Deltas()
+        self._written_rounds: set[int] = set()
+        self._metrics_path = Path(cfg.job.output) / "metrics.jsonl"
+        self._metrics_started = False
+
+    def _manifest(self, key: str, required: bool) -> Manifest | None:
+        folder = getattr(self.cfg.data, key)
+        where = f"{self.cfg.source}: [data] {key}"
+        if not folder:
+            if required:
+                raise ConfigError(f"{where} is empty: [linear] data = 'partitions' needs a "
+                                  "converted data folder (python -m data_tools convert)")
+            return None
+        try:
+            return load_manifest(folder)
+        except ManifestError as e:
+            raise ConfigError(f"{where} = {folder!r}: {e}") from None
+
+    def tables(self) -> list[Table]:
+        return [Table("w", vdim=1, dtype="float32", handle=make_handle(self.lc)),
+                Table("eval", vdim=1, dtype="float64", handle=Add()),
+                Table("eval_rows", vdim=2, dtype="float64", handle=Assign())]
+
+    def work_queue(self) -> PartitionQueue | None:
+        if self.train is None:
+            return None
+        return PartitionQueue(self.train.paths, epochs=self.cfg.data.epochs,
+                              shuffle=self.cfg.data.shuffle, seed=self.cfg.job.seed)
+
+    # ---- worker ------------------------------------------------------------------
+    def run_worker(self, po: Postoffice) -> dict[str, Any]:
+        return LinearWorker(self, po).run()
+
+    # ---- server ------------------------------------------------------------------
+    def on_server_stop(self, po: Postoffice, server: Any) -> dict[str, Any]:
+        """Write this server's share of the model; the scheduler merges the shards."""
+        if not self.lc.save_model:
+            return {}
+        keys, values, state = server.items("w")
+        out = Path(self.cfg.job.output)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f".model.shard-{po.rank}.h5"
+        write_model(path, keys, values.astype(np.float64),
+                    state if self.lc.save_state else None)
+        return {"model_shard": str(path)}
+
+    # ---- scheduler ----------------------------------------------------------------
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "a" if self._metrics_started else "w"  # a new run starts a new file
+        self._metrics_started = True
+        with open(self._metrics_path, mode) as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _epoch_rows(self, workers: int = 1) -> int:
+        return self.train_rows * (workers if self.train is None else 1)
+
+    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+        change, dt = self._deltas.step(totals, elapsed)
+        examples = totals.get("examples", 0)
+        dex, dloss = change.get("examples", 0), change.get("loss_sum", 0)
+        dkeys = change.get("keys", 0)
+        loss = dloss / dex if dex else float("nan")
+        per_epoch = self._epoch_rows(int(totals.get("workers", 1)))
+        total = per_epoch * self.epochs
+        rate = examples / max(elapsed, 1e-9)
+        line = (f"examples {examples:.4g} ({dex / dt:.3g}/s) epoch "
+                f"{examples / per_epoch:.2f}/{self.epochs} keys/s {dkeys / dt:.3g} "
+                f"train loss {loss:.4f}")
+        if "test_auc" in totals:
+            line += (f" | test AUC {totals['test_auc']:.4f} acc "
+                     f"{totals['test_accuracy']:.4f} (epoch {totals['test_epoch']:.0f})")
+        if rate > 0 and examples < total:
+            line += f" | ETA {(total - examples) / rate:.0f} s"
+        if dex:
+            self._write_metrics({"time": round(elapsed, 3), "epoch": examples / per_epoch,
+                                 "examples": int(examples), "split": "train", "loss": loss,
+                                 "examples_per_s": dex / dt, "keys_per_s": dkeys / dt})
+        rnd = totals.get("test_round")
+        if rnd is not None and int(rnd) not in self._written_rounds \
+                and not totals.get("test_final"):
+            record: dict[str, Any] = {k[5:]: v for k, v in totals.items()
+                                      if k.startswith("test_") and k != "test_final"}
+            for k in ("round", "epoch", "rows", "positives", "examples"):
+                record[k] = int(record.get(k, 0))
+            record["auc_method"] = "exact" if self.exact_auc else "histogram"
+            self._written_rounds.add(int(rnd))
+            self._write_metrics(_test_record(record))
+        return line
+
+    def finish(self, po, workers, servers, elapsed) -> None:
+        evals = next((w["evals"] for w in workers if w.get("evals")), [])
+        examples = sum(w.get("counters", {}).get("examples", 0) for w in workers)
+        for ev in evals[:-1]:  # rounds the progress lines missed
+            if ev["round"] not in self._written_rounds:
+                self._written_rounds.add(ev["round"])
+                self._write_metrics(_test_record(ev))
+        final: dict[str, Any] = {}
+        if evals:
+            final = dict(evals[-1], final=True, job_seconds=round(elapsed, 3),
+                         train_examples_per_s=examples / elapsed)
+            if self.lc.data == "synthetic":
+                final["planted"] = self._planted_reference()
+        shards = [s["model_shard"] for s in servers if s.get("model_shard")]
+        model_path = Path(self.cfg.job.output) / "model.h5"
+        model_keys = self._merge_model(shards, model_path, examples) if shards else 0
+        if final:
+            final["model_keys"] = model_keys
+            self._write_metrics(_test_record(final))
+        out = self.cfg.job.output
+        if "planted" in final:
+            p = final["planted"]
+            print(f"planted model (the truth the data was drawn from): logloss "
+                  f"{p['logloss']:.4f} accuracy {p['accuracy']:.4f} AUC {p['auc']:.4f}",
+                  flush=True)
+        if final:
+            logloss = final.get("logloss")
+            print(f"test: logloss {logloss if logloss is None else round(logloss, 4)} "
+                  f"accuracy {final['accuracy']:.4f} AUC {final['auc']:.4f} "
+                  f"({final['auc_method']}) over {final['rows']} rows", flush=True)
+        print(f"{examples} examples in {elapsed:.1f} s ({examples / elapsed:.4g}/s); "
+              f"{model_keys} weights" + (f" in {model_path}" if shards else "")
+              + f"; metrics in {out}/metrics.jsonl", flush=True)
+
+    def _merge_model(self, shards: list[str], path: Path, examples: int) -> int:
+        parts = [read_model(s) for s in shards]
+        keys = np.concatenate([p.keys for p in parts])
+        keys, first = np.unique(keys, return_index=True)  # replicas: keep one copy
+        weights = np.concatenate([p.weights for p in parts])[first]
+        state = {n: np.concatenate([p.state[n] for p in parts])[first]
+                 for n in parts[0].state}
+        write_model(path, keys, weights, state,
+                    {"config": self.cfg.as_dict(), "source": self.cfg.source,
+                     "loss": self.lc.loss, "algorithm": self.lc.algorithm,
+                     "bias": self.lc.bias, "examples": int(examples)})
+        for s in shards:
+            os.remove(s)
+        return int(keys.size)
+
+    def _planted_reference(self) -> dict[str, float]:
+        """Test metrics of the planted model itself: the best a model can do."""
+        data = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz, self.cfg.job.seed)
+        rows, margin = data.rows(self.lc.synthetic_test_rows, 0)
+        m = metrics_of(margin, rows.labels.astype(np.float64), "logistic")
+        return {"logloss": m["logloss"], "accuracy": m["accuracy"], "auc": m["auc"]}
+
+
+def _test_record(ev: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl test line: the documented keys first."""
+    out = {"time": ev.get("time"), "epoch": ev.get("epoch"),
+           "examples": int(ev.get("examples", 0)), "split": "test"}
+    out.update({k: v for k, v in ev.items() if k not in out})
+    return out
+
+

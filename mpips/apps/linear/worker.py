@@ -1,0 +1,128 @@
+"""The linear app's worker loop: partitions from the scheduler's queue, read
+in minibatches, the next minibatch's weights pulled while the current
+gradient is computed, at most ``max_inflight`` requests outstanding."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...kv.worker import KVWorker
+from ...postoffice import WORKERS, Postoffice
+from .evaluation import Evaluator
+from .model import Batch, batch_of, gradient
+from .synthetic import Synthetic
+
+if TYPE_CHECKING:
+    from .app import LinearApp
+
+
+class LinearWorker:
+    """Everything one worker does in a linear job."""
+
+    def __init__(self, app: LinearApp, po: Postoffice):
+        self.app, self.po, self.lc = app, po, app.lc
+        self.kv = KVWorker(po, "w")
+        self.counters: dict[str, Any] = {"examples": 0, "loss_sum": 0.0, "keys": 0,
+                                         "epoch": 0, "workers": 1}
+        self.inflight: deque[int] = deque()
+        self.last_report = time.monotonic()
+        self.synthetic = None
+        if self.lc.data == "synthetic":
+            self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
+                                       app.cfg.job.seed)
+        self.evaluation = Evaluator(app, po, self.synthetic, self.counters, self.report)
+
+    def report(self) -> None:
+        self.po.report(self.counters)
+        self.last_report = time.monotonic()
+
+    # ---- the whole job of one worker ----
+    def run(self) -> dict[str, Any]:
+        ev = self.evaluation
+        epoch = 0
+        for task_epoch, batches in self._tasks():
+            while epoch < task_epoch:  # moved past an epoch: score it (asynchronously)
+                if epoch in ev.epochs:
+                    ev.score_round(epoch, self.kv)
+                epoch += 1
+            self.counters["epoch"] = task_epoch
+            self._train(batches)
+            ev.reduce_ready_rounds(block=False)
+        self._drain()
+        last = self.app.epochs - 1
+        while epoch < last:  # epochs this worker had no part of at the end
+            if epoch in ev.epochs:
+                ev.score_round(epoch, self.kv)
+            epoch += 1
+        # Every worker's pushes are in before anyone scores the final model.
+        self.po.barrier(WORKERS)
+        ev.survivors()
+        if self.app.test_rows:
+            ev.score_round(last, self.kv)
+        self.po.barrier(WORKERS)  # every share of the last round is in
+        ev.reduce_ready_rounds(block=True)
+        self.po.report(self.counters)
+        return {"counters": self.counters, "evals": ev.evals}
+
+    def _tasks(self) -> Iterator[tuple[int, Iterator[Batch]]]:
+        """(epoch, minibatches) of each piece of work: partitions from the
+        scheduler's queue, or this worker's synthetic rows once per epoch."""
+        bias, mb_rows = self.lc.bias, self.app.minibatch
+        if self.synthetic is not None:
+            rows, _ = self.synthetic.rows(self.lc.synthetic_rows, 1 + self.po.worker_index())
+            for epoch in range(self.app.epochs):
+                yield epoch, (batch_of(rows.slice(a, min(rows.rows, a + mb_rows)), bias)
+                              for a in range(0, rows.rows, mb_rows))
+            return
+        from ...data.reader import read_minibatches
+        chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
+        task = self.po.next_task()
+        while task is not None:
+            yield task["epoch"], (batch_of(mb, bias) for mb in
+                                  read_minibatches([task["path"]], mb_rows, chunk))
+            self._drain()  # a task is done when its pushes are acknowledged
+            task = self.po.next_task(done=task)
+
+    # ---- training ----
+    def _bound(self, room: int) -> None:
+        """Wait for the oldest requests until ``room`` more fit under max_inflight."""
+        while self.inflight and len(self.inflight) + room > self.lc.max_inflight:
+            self.kv.wait(self.inflight.popleft())
+
+    def _train(self, batches: Iterator[Batch]) -> None:
+        lc, kv, c = self.lc, self.kv, self.counters
+        l2 = 0.0 if lc.algorithm == "ftrl" else lc.l2  # ftrl applies its own l2
+        nxt = next(batches, None)
+        ahead = kv.pull(nxt.keys) if nxt is not None else None
+        while nxt is not None:
+            cur, cur_ts = nxt, ahead
+            w = kv.wait(cur_ts)[:, 0].astype(np.float64)
+            # Pull ahead: the next minibatch's weights travel while this
+            # gradient is computed.
+            nxt = next(batches, None)
+            if nxt is not None:
+                self._bound(1)
+                ahead = kv.pull(nxt.keys)
+            mask = None
+            if l2 and cur.bias >= 0:
+                mask = np.ones(cur.keys.size)
+                mask[cur.bias] = 0.0  # the intercept is not penalised
+            grad, loss, _ = gradient(lc.loss, cur.X, cur.y, w, l2, mask)
+            if lc.algorithm == "ftrl":
+                grad *= cur.rows  # sums, as FTRL's per-example rounds: l1, l2 keep their units
+            self._bound(1 + (nxt is not None))
+            self.inflight.append(kv.push(cur.keys, grad.astype(np.float32)))
+            c["examples"] += cur.rows
+            c["loss_sum"] += loss
+            c["keys"] += 2 * cur.keys.size
+            if time.monotonic() - self.last_report >= lc.report_interval:
+                self.report()
+
+    def _drain(self) -> None:
+        while self.inflight:
+            self.kv.wait(self.inflight.popleft())

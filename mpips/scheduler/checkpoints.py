@@ -1,0 +1,134 @@
+"""The scheduler's checkpoints: written at task boundaries, with every
+worker paused (all its pushes acknowledged), on a schedule or on a signal
+(SIGUSR1/SIGTERM: checkpoint, then stop); and the resume from the newest
+complete one."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import checkpoint as ckpt
+from ..postoffice import JobPreempted
+from ..transport import Message, Op
+
+if TYPE_CHECKING:
+    from .core import Scheduler
+
+
+def _by_worker_index(manifest: dict[str, Any], workers: tuple[int, ...]) -> dict[str, Any]:
+    """The checkpoint's queue with its worker ranks translated to this job's:
+    worker i then gets the partitions worker i had (the layout may differ)."""
+    queue = dict(manifest["queue"])
+    old = manifest.get("workers")
+    if old and "last_worker" in queue:
+        rank_of = {r: workers[i] for i, r in enumerate(old) if i < len(workers)}
+        queue["last_worker"] = [rank_of.get(r, -1) for r in queue["last_worker"]]
+    return queue
+
+
+class Checkpoints:
+    def __init__(self, sched: Scheduler):
+        self.sched, self.po = sched, sched.po
+        po = self.po
+        po.on(Op.CHECKPOINTED, self._checkpointed)
+        po.on(Op.LOADED, lambda msg: self.loaded.add(msg.sender))
+        self.root = ckpt.checkpoint_dir(po.cfg)
+        self.next_id = 0
+        self.tasks_at = 0
+        self.time_at = time.monotonic()
+        self.pausing = False        # no tasks handed out: a checkpoint is coming
+        self.files: dict[int, dict[str, Any]] | None = None  # writing: rank -> entry
+        self.preempt_after = False  # stop the job once the checkpoint is written
+        self.loaded: set[int] = set()
+
+    def maybe_checkpoint(self, now: float | None = None) -> None:
+        """Pause task hand-out when a checkpoint is due; write it once every
+        live worker waits at a task boundary (all its pushes acknowledged)."""
+        now = time.monotonic() if now is None else now
+        cfg = self.po.cfg.checkpoint
+        tasks = self.sched.tasks
+        queue = tasks.queue
+        if self.po.stop_requested and not self.preempt_after:
+            self.preempt_after = True
+            print(f"mpips: {self.po.stop_requested}: writing a checkpoint, then stopping",
+                  flush=True)
+            if queue is None:
+                self._preempt("no work queue, so no checkpoint was written")
+        if queue is None or self.files is not None:
+            return
+        if not self.pausing:
+            done = queue.tasks_done
+            due = (cfg.every_tasks and done - self.tasks_at >= cfg.every_tasks) or \
+                (cfg.every_seconds and now - self.time_at >= cfg.every_seconds)
+            if not (due or self.preempt_after) or queue.finished:
+                return
+            self.pausing = True
+        quiet = all(w in tasks.waiting or w in self.sched.done
+                    for w in self.sched.live(self.po.layout.workers))
+        if quiet:
+            self._start()
+
+    def _start(self) -> None:
+        self.files = {}
+        for rank in self.sched.live(self.po.layout.servers):
+            self.po.send(rank, Message(op=Op.CHECKPOINT, aux=self.next_id,
+                                       meta=str(self.root).encode()))
+
+    def _checkpointed(self, msg: Message) -> None:
+        self.files[msg.sender] = msg.json()
+        if not all(r in self.files for r in self.sched.live(self.po.layout.servers)):
+            return
+        po, ring, queue = self.po, self.po.ring, self.sched.tasks.queue
+        manifest = {
+            "time": time.time(), "files": list(self.files.values()),
+            "tables": [{"name": t.name, "vdim": t.vdim, "dtype": t.dtype,
+                        "state": list(t.handle.state)} for t in po.tables],
+            "ring": {"servers": ring.servers, "virtual_servers": ring.virtual_servers,
+                     "replication": ring.replication},
+            "queue": queue.snapshot(), "app": self.sched.app.checkpoint_state(),
+            "workers": list(po.layout.workers),
+            "config": po.cfg.as_dict()}
+        where = ckpt.write_manifest(self.root, self.next_id, manifest,
+                                    po.cfg.checkpoint.keep)
+        keys = sum(f["keys"] for f in manifest["files"])
+        print(f"mpips: checkpoint {self.next_id} written: {keys} keys, "
+              f"{queue.tasks_done} tasks done, in {where}", flush=True)
+        po.event("checkpoint", id=self.next_id, keys=keys)
+        self.next_id += 1
+        self.tasks_at = queue.tasks_done
+        self.time_at = time.monotonic()
+        self.files = None
+        self.pausing = False
+        if self.preempt_after:
+            self._preempt(f"checkpoint {self.next_id - 1} is written; "
+                          "continue with train --resume")
+        self.sched.tasks.hand_out()
+
+    def _preempt(self, why: str) -> None:
+        print(f"mpips: stopped on {self.po.stop_requested}: {why}", flush=True)
+        for r in range(1, self.po.van.size):
+            if r not in self.po.van.dead:
+                self.po.send(r, Message(op=Op.PREEMPT))
+        self.sched.write_events()
+        raise JobPreempted()
+
+    def resume(self) -> None:
+        """Every server loads its ranges from the newest complete checkpoint;
+        the queue and the app's state continue from it."""
+        po, queue = self.po, self.sched.tasks.queue
+        manifest = ckpt.newest_complete(self.root)
+        servers = self.sched.live(po.layout.servers)
+        for rank in servers:
+            po.send(rank, Message(op=Op.RESUME, meta=Message.jmeta(manifest)))
+        po.wait_until(lambda: all(r in self.loaded for r in servers),
+                      lambda: "LOADED from servers " + ", ".join(
+                          str(r) for r in servers if r not in self.loaded))
+        if queue is not None:
+            queue.restore(_by_worker_index(manifest, po.layout.workers))
+            self.tasks_at = queue.tasks_done
+        self.sched.app.restore_state(manifest.get("app") or {})
+        self.next_id = manifest["id"] + 1
+        print(f"mpips: resumed from checkpoint {manifest['id']} ({manifest['folder']}): "
+              f"{sum(f['keys'] for f in manifest['files'])} keys"
+              + (f", {queue.tasks_done} tasks done" if queue else ""), flush=True)

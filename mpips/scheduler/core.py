@@ -1,0 +1,158 @@
+"""The scheduler's main loop: barriers, progress, the end of the job.
+
+It releases barriers when every live rank of the group has arrived, sums the
+progress counters workers report and prints one line at a steady interval.
+When every live worker is done it stops the servers, collects their results,
+and lets every rank finish together. Tasks (:mod:`.tasks`), failures
+(:mod:`.failures`) and checkpoints (:mod:`.checkpoints`) are its parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ..app import App
+from ..postoffice import ALL, Postoffice
+from ..transport import Message, Op
+from .checkpoints import Checkpoints
+from .failures import Failover
+from .tasks import TaskDesk
+
+
+class Scheduler:
+    """Rank 0 of a job."""
+
+    def __init__(self, po: Postoffice, app: App):
+        self.po = po
+        self.app = app
+        self.interval = po.cfg.job.progress_interval
+        self.arrived: dict[tuple[int, int], list[int]] = {}
+        self.counters: dict[int, dict[str, float]] = {}
+        self.done: dict[int, dict[str, Any]] = {}
+        self.stopped: dict[int, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        po.events = self.events  # apps read them in finish (failover timings)
+        for op, handler in ((Op.BARRIER, self._barrier), (Op.REPORT, self._report),
+                            (Op.DONE, self._done), (Op.STOPPED, self._stopped),
+                            (Op.EVENT, self._event)):
+            po.on(op, handler)
+        self.tasks = TaskDesk(self)
+        self.failover = Failover(self)
+        self.checkpoints = Checkpoints(self)
+
+    # ---- the run ----------------------------------------------------------------
+    def run(self) -> None:
+        po = self.po
+        t0 = time.monotonic()
+        layout = po.layout
+        ft = ("ULFM: failed ranks are survived" if po.van.fault_tolerant else
+              "no ULFM: recovery is checkpoint/restart only")
+        print(f"mpips: {po.cfg.job.name}: {layout.world_size} ranks on {layout.num_hosts} "
+              f"host(s): 1 scheduler, {len(layout.servers)} servers, {len(layout.workers)} "
+              f"workers; ring of {po.ring.num_ranges} ranges, replication "
+              f"{po.ring.replication}; {ft}; {po.van.library()}", flush=True)
+        if po.cfg.checkpoint.resume:
+            self.checkpoints.resume()
+        next_line = t0 + self.interval
+
+        def watch() -> None:
+            now = time.monotonic()
+            self.failover.check_heartbeats(now)
+            self.checkpoints.maybe_checkpoint(now)
+
+        def tick() -> bool:
+            nonlocal next_line
+            watch()
+            now = time.monotonic()
+            if now < next_line:
+                return self._all_done()
+            if self.counters:
+                self._print_progress(now - t0)
+            next_line = now + self.interval
+            return True
+
+        while not self._all_done():
+            po.wait_until(tick, lambda: "", timeout=float("inf"), idle=watch)
+        if self.counters:
+            self._print_progress(time.monotonic() - t0)  # the last line: final totals
+        servers = self.live(po.layout.servers)
+        for rank in servers:
+            po.send(rank, Message(op=Op.STOP))
+        po.wait_until(lambda: all(r in self.stopped for r in self.live(servers)),
+                      lambda: "STOPPED from servers " + ", ".join(
+                          str(r) for r in servers if r not in self.stopped))
+        elapsed = time.monotonic() - t0
+        self.tasks.write_log()  # before finish: an app may fold consistency.json in
+        self.app.finish(po, [self.done[r] for r in self.live(layout.workers)],
+                        [self.stopped[r] for r in self.live(layout.servers)], elapsed)
+        for rank in self.live(layout.workers):
+            po.send(rank, Message(op=Op.STOP))
+        self.write_events()
+        lost = sorted(po.van.dead)
+        print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s"
+              + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
+
+    def live(self, ranks) -> list[int]:
+        """``ranks`` without the dead ones."""
+        return [r for r in ranks if r not in self.po.van.dead]
+
+    def _all_done(self) -> bool:
+        return all(r in self.done for r in self.live(self.po.layout.workers))
+
+    def _print_progress(self, elapsed: float) -> None:
+        totals: dict[str, float] = {}
+        for c in self.counters.values():
+            for k, v in c.items():
+                if isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0.0) + v
+        if not totals:
+            return
+        line = self.app.progress_line(totals, elapsed)
+        if self.tasks.clock is not None:
+            line += self.tasks.clock.progress()
+        print(f"[{elapsed:7.1f}s] {line}", file=sys.stdout, flush=True)
+
+    # ---- messages ----------------------------------------------------------------
+    def _barrier(self, msg: Message) -> None:
+        self.arrived.setdefault((msg.flags, msg.aux), []).append(msg.sender)
+        self.release_barriers()
+
+    def release_barriers(self) -> None:
+        """Release every barrier all live members of its group reached."""
+        for key, ranks in list(self.arrived.items()):
+            group = key[0]
+            members = (range(1, self.po.van.size) if group == ALL
+                       else self.po.layout.workers)
+            if all(r in ranks for r in self.live(members)):
+                live = Message.jmeta(self.live(members))  # who passed: the survivors
+                for r in self.live(ranks):
+                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=key[1],
+                                            meta=live))
+                del self.arrived[key]
+
+    def _report(self, msg: Message) -> None:
+        self.counters[msg.sender] = msg.json()
+
+    def _done(self, msg: Message) -> None:
+        self.done[msg.sender] = msg.json() or {}
+        self.counters[msg.sender] = self.done[msg.sender].get("counters", {})
+
+    def _stopped(self, msg: Message) -> None:
+        self.stopped[msg.sender] = msg.json() or {}
+
+    def _event(self, msg: Message) -> None:
+        self.events.append(msg.json())
+
+    def write_events(self) -> None:
+        """The event log (failures, ring changes, checkpoints) to events.jsonl."""
+        if not self.events:
+            return
+        out = self.po.cfg.job.output
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "events.jsonl"), "a") as f:
+            for e in self.events:
+                f.write(json.dumps(e) + "\n")

@@ -1,0 +1,103 @@
+"""The scheduler's watch over ranks: heartbeats, failures MPI reports (ULFM),
+and what a loss changes. A dead worker's tasks go back to the queue; a dead
+server's ranges move to their first live successor, which holds a replica
+(a new ring version, broadcast to every rank), and the servers then repair
+the replicas."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..layout import SERVER, WORKER
+from ..ring import RingError
+from ..transport import Message, Op
+
+if TYPE_CHECKING:
+    from .core import Scheduler
+
+
+class JobFailed(RuntimeError):
+    """The job cannot go on (a failure it cannot recover from)."""
+
+
+class Failover:
+    def __init__(self, sched: Scheduler):
+        self.sched, self.po = sched, sched.po
+        po = self.po
+        self.hb_timeout = po.cfg.transport.heartbeat_timeout
+        self.last_seen = {r: time.monotonic() for r in range(1, po.van.size)}
+        self.repairing: set[int] = set()
+        self._last_check = 0.0
+        po.on(Op.PEER_FAILED, self._peer_failed)
+        po.on(Op.REPAIRED, self._repaired)
+        po.on(Op.HEARTBEAT, lambda msg: None)  # seen by the observer: that is all
+        po.observers.append(self._seen)
+
+    def _seen(self, msg: Message) -> None:
+        if msg.sender in self.last_seen:
+            self.last_seen[msg.sender] = time.monotonic()
+
+    def check_heartbeats(self, now: float) -> None:
+        if now - self._last_check < 0.1:
+            return
+        self._last_check = now
+        for rank, seen in self.last_seen.items():
+            if rank in self.po.van.dead or now - seen < self.hb_timeout:
+                continue
+            who = f"rank {rank} ({self.po.layout.describe(rank)})"
+            if not self.po.van.fault_tolerant:
+                raise JobFailed(f"{who} sent nothing for {now - seen:.0f} s "
+                                "([transport] heartbeat_timeout): it hangs")
+            print(f"mpips: {who} sent nothing for {now - seen:.0f} s: taken for gone",
+                  flush=True)
+            self.po.send(rank, Message(op=Op.ABORT, meta=b"declared dead"))
+            self.po.van.mark_dead(rank)
+
+    def _peer_failed(self, msg: Message) -> None:
+        rank = msg.aux
+        role = self.po.layout.role(rank)
+        who = f"rank {rank} ({self.po.layout.describe(rank)})"
+        self.po.event("detected", failed=rank, role=role)
+        print(f"mpips: {who} failed", flush=True)
+        if role == WORKER:
+            self.sched.tasks.worker_lost(rank, who)
+            self.sched.counters.pop(rank, None)
+        elif role == SERVER:
+            self._server_failed(rank, who)
+        self.sched.release_barriers()
+
+    def _server_failed(self, rank: int, who: str) -> None:
+        po = self.po
+        if po.ring.replication == 0:
+            raise JobFailed(f"{who} died and [layout] replication = 0: its key ranges are "
+                            "lost. Restart with --resume from the last checkpoint, or run "
+                            "with replication >= 1 and 3+ servers to survive this")
+        server = po.layout.servers.index(rank)
+        try:
+            ring = po.ring.without(server)
+        except RingError as e:
+            raise JobFailed(f"{who} died: {e}") from None
+        lost = [r for r in range(ring.num_ranges)
+                if all(s in ring.dead for s in po.ring.holders(r))]
+        if lost:
+            raise JobFailed(f"{who} died with the last copy of range(s) {lost}")
+        po.set_ring(ring)
+        dead = Message.jmeta(sorted(ring.dead))
+        for r in range(1, po.van.size):
+            if r not in po.van.dead:
+                po.send(r, Message(op=Op.RING, aux=ring.version, meta=dead))
+        self.repairing = set(self.sched.live(po.layout.servers))
+        po.event("ring", ring_version=ring.version, dead_servers=sorted(ring.dead))
+        print(f"mpips: ring version {ring.version}: the ranges of {who} moved to their "
+              "first live successors", flush=True)
+
+    def _repaired(self, msg: Message) -> None:
+        if msg.aux != self.po.ring.version:
+            return  # a report for an older ring: another failure came since
+        self.repairing.discard(msg.sender)
+        if not self.repairing:
+            self.po.event("repaired", ring_version=msg.aux)
+            copies = min(self.po.ring.replication, len(self.po.ring.live_servers) - 1)
+            print(f"mpips: ring version {msg.aux}: repaired, every range has {copies} "
+                  "replica(s) again", flush=True)
