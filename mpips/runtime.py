@@ -118,6 +118,7 @@ def _work(po: Postoffice, app: App) -> None:
     po.on(Op.STOP, stop)
     po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
     result = app.run_worker(po)
+    po.finish_task()  # the job's end is a task boundary: nothing stays held in a filter
     po.send(po.layout.scheduler, Message(op=Op.DONE, meta=Message.jmeta(result or {})))
     # Wait for the end of the job here, politely, rather than spin in MPI_Finalize.
     po.serve_forever(lambda: stopped)
