@@ -185,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_path.add_arguments(pa)
     pa.set_defaults(func=bench_path.run)
+    from .bench import peers as bench_peers
+    pe = bsub.add_parser("peers", help="mpips, Vowpal Wabbit and scikit-learn on the same "
+                         "data, interleaved: time to a test AUC (runs its own mpiexec)",
+                         description=bench_peers.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_peers.add_arguments(pe)
+    pe.set_defaults(func=bench_peers.run)
     from .bench import store as bench_store
     st = bsub.add_parser("store", help="one server's storage alone: inserts, lookups, "
                          "bytes per parameter (no MPI)", description=bench_store.__doc__)

@@ -225,3 +225,27 @@ def test_missing_test_path_is_named(tmp_path):
                    'test = "missing-test"\n')
     proc = run_py("-m", "mpips", "train", str(job), timeout=60)
     assert proc.returncode != 0 and f"{job}: [data] test = 'missing-test'" in proc.stderr
+
+
+def test_lr_scale_auto_divides_the_rate_by_the_mean_feature_value(tmp_path):
+    """[linear] lr_scale = "auto": the handle's rate is in units of the data's
+    feature values (mean |value| of the first partition; 1 for binary data)."""
+    from mpips import config
+    from mpips.apps.linear.app import LinearApp
+
+    rows = {"scaled": "1 1:0.25 2:0.75\n0 2:0.5 3:0.5\n", "binary": "1 1:1 2:1\n0 3:1\n"}
+    for name, text in rows.items():
+        src = tmp_path / f"{name}.libsvm"
+        src.write_text(text * 50)
+        proc = run_py("-m", "data_tools", "convert", str(src), "-o", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+    expect = {"scaled": 0.5, "binary": 1.0}
+    for name, scale in expect.items():
+        for mode, want in (("auto", scale), ("none", 1.0)):
+            cfg = config.load(None, [f"data.train={tmp_path / name}", "linear.data=partitions",
+                                     f"linear.lr_scale={mode}", "linear.alpha=0.1"])
+            app = LinearApp(cfg)
+            assert app.lr_scale == pytest.approx(want)
+            handle = app.tables()[0].handle
+            assert isinstance(handle, FTRLProximal)  # the default update
+            assert handle.alpha == pytest.approx(0.1 / want)

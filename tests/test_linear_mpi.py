@@ -107,6 +107,40 @@ def test_one_and_two_workers_agree(ctr, tmp_path):
     assert abs(one["logloss"] - two["logloss"]) < 0.01
 
 
+def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
+    """Later epochs train on the minibatches localised in the first (kept in
+    memory, [linear] cache_bytes): with one worker the model is bit for bit
+    the one read and localised again every epoch."""
+
+    weights = []
+    for cache in (0, 1 << 30):
+        out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
+                    "data.shuffle=false", "data.epochs=3", f"linear.cache_bytes={cache}",
+                    n=3, name=f"cache{cache}")
+        with h5py.File(out / "model.h5") as h5:
+            weights.append((h5["keys"][:], h5["weights"][:]))
+    (k0, w0), (k1, w1) = weights
+    assert np.array_equal(k0, k1) and np.array_equal(w0, w1)
+    assert np.abs(w0).sum() > 0
+
+
+def test_bench_peers_runs_every_system_on_the_same_rows(ctr, tmp_path):
+    pytest.importorskip("vowpalwabbit", reason="pip install vowpalwabbit (mpips[peers])")
+    pytest.importorskip("sklearn", reason="pip install scikit-learn")
+    out = tmp_path / "peers.jsonl"
+    proc = run_py("-m", "mpips", "bench", "peers", str(ROOT / "jobs" / "demo.toml"),
+                  "--train", str(ctr / "train"), "--test", str(ctr / "test"), "--np", "3",
+                  "--rounds", "1", "--passes", "2", "--json", str(out),
+                  "-o", "linear.data=partitions", "-o", "data.epochs=2", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["system"] for r in rows] == ["vw", "mpips", "sklearn liblinear",
+                                           "sklearn SGD"]
+    for r in rows:  # a planted model: every learner finds it
+        assert r["auc"] > 0.7 and r["wall"] > 0 and r["examples"] > 0, r
+    assert "x VW" in proc.stdout and "to AUC" in proc.stdout
+
+
 def converted(tmp: Path, name: str, rows: int) -> Path:
     out = tmp / name
     proc = run_py("-m", "data_tools", "convert", str(shared_file(f"{name}.libsvm.gz")),

@@ -15,6 +15,7 @@ from ...config import ConfigError, Option, non_negative, positive, section
 from ...data import load_manifest
 from ...data.manifest import Manifest, ManifestError
 from ...data.queue import PartitionQueue
+from ...data.reader import PartitionReader
 from ...handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
 from ...postoffice import Postoffice
 from ..progress import Deltas
@@ -33,8 +34,13 @@ section("linear", {
     "data": Option(str, "synthetic", "'synthetic' (built-in planted model) or 'partitions' "
                    "([data] train / test folders)", choices=("synthetic", "partitions")),
     "loss": Option(str, "logistic", "loss", choices=LOSSES),
-    "algorithm": Option(str, "adagrad", "server update: sgd (decaying rate), adagrad, ftrl "
+    "algorithm": Option(str, "ftrl", "server update: sgd (decaying rate), adagrad, ftrl "
                         "(FTRL-Proximal)", choices=ALGORITHMS),
+    "lr_scale": Option(str, "auto", "'auto': lr and alpha are in units of the data's "
+                       "feature values, divided by the mean |value| of the training "
+                       "nonzeros (1 for binary features), so one setting suits "
+                       "tf-idf and one-hot data alike; 'none': used as given",
+                       choices=("auto", "none")),
     "lr": Option(float, 0.1, "learning rate of sgd and adagrad", positive),
     "decay": Option(float, 0.0, "sgd: rate = lr / (1 + decay * t) ** decay_power, t = the "
                     "key's updates", non_negative),
@@ -50,6 +56,10 @@ section("linear", {
                         "[data] minibatch)", positive),
     "epochs": Option(int, 2, "passes over the rows (synthetic data; partitions use "
                      "[data] epochs)", positive),
+    "cache_bytes": Option(int, 1 << 30, "bytes of localised minibatches (keys, local CSR, "
+                          "labels) a worker keeps to train on again in later epochs "
+                          "instead of reading and localising them again; 0: none",
+                          non_negative),
     "max_inflight": Option(int, 2, "requests a worker keeps outstanding (pull ahead needs "
                            ">= 2)", positive),
     "report_interval": Option(float, 1.0, "seconds between worker progress reports",
@@ -71,12 +81,28 @@ section("linear", {
 })
 
 
-def make_handle(lc: Any) -> Handle:
+def make_handle(lc: Any, scale: float = 1.0) -> Handle:
+    """The server's update rule; ``scale`` divides its rate (see ``lr_scale``)."""
     if lc.algorithm == "ftrl":
-        return FTRLProximal(alpha=lc.alpha, beta=lc.beta, l1=lc.l1, l2=lc.l2)
+        return FTRLProximal(alpha=lc.alpha / scale, beta=lc.beta, l1=lc.l1, l2=lc.l2)
     if lc.algorithm == "adagrad":
-        return AdaGradL1(lr=lc.lr, l1=lc.l1)
-    return DecayingSGD(lr=lc.lr, decay=lc.decay, power=lc.decay_power, l1=lc.l1)
+        return AdaGradL1(lr=lc.lr / scale, l1=lc.l1)
+    return DecayingSGD(lr=lc.lr / scale, decay=lc.decay, power=lc.decay_power, l1=lc.l1)
+
+
+def value_scale(manifest: Manifest | None, sample_rows: int = 20_000) -> float:
+    """Mean |value| of the nonzeros of the first training partition (its first
+    ``sample_rows`` rows): 1 for binary features. Every rank reads the same
+    rows, so every rank builds the same handle."""
+    if manifest is None or not manifest.partitions:
+        return 1.0
+    part = manifest.partitions[0]
+    with PartitionReader(part.path) as reader:
+        mb = reader.read(0, min(reader.rows, sample_rows))
+    if mb.values is None or mb.values.size == 0:
+        return 1.0
+    mean = float(np.abs(mb.values).mean())
+    return mean if mean > 0 else 1.0
 
 
 class LinearApp(App):
@@ -98,6 +124,7 @@ class LinearApp(App):
             self.train_rows = lc.synthetic_rows  # per worker; the scheduler scales it
             self.test_rows = lc.synthetic_test_rows
         self.exact_auc = 0 < self.test_rows <= lc.auc_exact_rows
+        self.lr_scale = value_scale(self.train) if lc.lr_scale == "auto" else 1.0
         # scheduler state
         self._deltas = Deltas()
         self._written_rounds: set[int] = set()
@@ -118,7 +145,8 @@ class LinearApp(App):
             raise ConfigError(f"{where} = {folder!r}: {e}") from None
 
     def tables(self) -> list[Table]:
-        return [Table("w", vdim=1, dtype="float32", handle=make_handle(self.lc)),
+        return [Table("w", vdim=1, dtype="float32",
+                      handle=make_handle(self.lc, self.lr_scale)),
                 Table("eval", vdim=1, dtype="float64", handle=Add()),
                 Table("eval_rows", vdim=2, dtype="float64", handle=Assign())]
 
@@ -199,7 +227,8 @@ class LinearApp(App):
         final: dict[str, Any] = {}
         if evals:
             final = dict(evals[-1], final=True, job_seconds=round(elapsed, 3),
-                         train_examples_per_s=examples / elapsed)
+                         train_examples_per_s=examples / elapsed,
+                         algorithm=self.lc.algorithm, lr_scale=self.lr_scale)
             if self.lc.data == "synthetic":
                 final["planted"] = self._planted_reference()
         shards = [s["model_shard"] for s in servers if s.get("model_shard")]
@@ -219,6 +248,12 @@ class LinearApp(App):
             print(f"test: logloss {logloss if logloss is None else round(logloss, 4)} "
                   f"accuracy {final['accuracy']:.4f} AUC {final['auc']:.4f} "
                   f"({final['auc_method']}) over {final['rows']} rows", flush=True)
+        rate, value = ("alpha", self.lc.alpha) if self.lc.algorithm == "ftrl" else \
+            ("lr", self.lc.lr)
+        if self.lr_scale != 1.0:
+            print(f"update: {self.lc.algorithm} {rate} {value:g} / mean |feature value| "
+                  f"{self.lr_scale:.4g} = {value / self.lr_scale:.4g} ([linear] lr_scale)",
+                  flush=True)
         print(f"{examples} examples in {elapsed:.1f} s ({examples / elapsed:.4g}/s); "
               f"{model_keys} weights" + (f" in {model_path}" if shards else "")
               + f"; metrics in {out}/metrics.jsonl", flush=True)

@@ -123,6 +123,13 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
     return Batch(uniq, X, y, at)
 
 
+def batch_bytes(batch: Batch) -> int:
+    """Memory a localised minibatch holds."""
+    X = batch.X
+    return int(batch.keys.nbytes + batch.y.nbytes + X.data.nbytes + X.indices.nbytes
+               + X.indptr.nbytes)
+
+
 def batch_of(mb: Minibatch, bias: bool) -> Batch:
     return make_batch(mb.indptr, mb.keys, mb.values, mb.labels, bias)
 

@@ -14,7 +14,7 @@ import numpy as np
 from ...kv.worker import KVWorker
 from ...postoffice import WORKERS, Postoffice
 from .evaluation import Evaluator
-from .model import Batch, batch_of, gradient
+from .model import Batch, batch_bytes, batch_of, gradient
 from .synthetic import Synthetic
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ class LinearWorker:
                                          "epoch": 0, "workers": 1}
         self.inflight: deque[int] = deque()
         self.last_report = time.monotonic()
+        # partition path -> its localised minibatches, for later epochs (the
+        # queue gives a worker the partitions it had before when it can)
+        self.batches: dict[str, list[Batch]] = {}
+        self.batch_bytes = 0
         self.synthetic = None
         if self.lc.data == "synthetic":
             self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
@@ -79,14 +83,34 @@ class LinearWorker:
                 yield epoch, (batch_of(rows.slice(a, min(rows.rows, a + mb_rows)), bias)
                               for a in range(0, rows.rows, mb_rows))
             return
-        from ...data.reader import read_minibatches
-        chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         task = self.po.next_task()
         while task is not None:
-            yield task["epoch"], (batch_of(mb, bias) for mb in
-                                  read_minibatches([task["path"]], mb_rows, chunk))
+            path = task["path"]
+            cached = self.batches.get(path)
+            yield task["epoch"], iter(cached) if cached is not None else self._read(path)
             self._drain()  # a task is done when its pushes are acknowledged
             task = self.po.next_task(done=task)
+
+    def _read(self, path: str) -> Iterator[Batch]:
+        """The localised minibatches of one partition, kept for later epochs
+        while ``[linear] cache_bytes`` allows (whole partitions only)."""
+        from ...data.reader import read_minibatches
+        mb_rows = self.app.minibatch
+        chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
+        keep: list[Batch] | None = [] if self.app.epochs > 1 else None
+        size = 0
+        for mb in read_minibatches([path], mb_rows, chunk):
+            batch = batch_of(mb, self.lc.bias)
+            if keep is not None:
+                size += batch_bytes(batch)
+                if self.batch_bytes + size <= self.lc.cache_bytes:
+                    keep.append(batch)
+                else:
+                    keep = None  # over budget: this partition is read again next epoch
+            yield batch
+        if keep is not None:
+            self.batches[path] = keep
+            self.batch_bytes += size
 
     # ---- training ----
     def _bound(self, room: int) -> None:
