@@ -73,8 +73,11 @@ def test_bench_kv_runs_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["op"] for r in rows} == {"push", "pull", "pushpull"}
+    assert {(r["op"], r["lists"]) for r in rows} == {
+        ("push", "repeated"), ("pull", "repeated"), ("pushpull", "repeated"),
+        ("pull", "fresh"), ("pushpull", "fresh")}  # fresh lists: a new one per request
     assert sorted({r["keys"] for r in rows}) == [1000, 10000, 100000]
+    assert "fresh lists / repeated list: pull 1e+03" in proc.stdout
     for r in rows:
         assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
         assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0

@@ -50,6 +50,10 @@ section("bench", {
     "naive_max_keys": Option(int, 100_000, "largest request size also run through the "
                              "hand-written pickled-dict server (0: never)",
                              lambda v: None if v >= 0 else "must be >= 0"),
+    "fresh": Option(bool, True, "also time pull and pushpull with a new key list per "
+                    "request (random stored keys, as each minibatch of a real job sends), "
+                    "shown first; the other rows repeat one list, which the store's slot "
+                    "cache serves without a lookup"),
     "background_keys": Option(int, 1_000_000, "random keys stored first (in all), so that "
                               "no request is a contiguous run of the store (which the store "
                               "serves with views, no lookup)",
@@ -144,6 +148,8 @@ class KVBench(App):
             kv.wait(kv.push(keys, vals))  # warm-up: the servers insert the keys,
             kv.wait(kv.pull(keys, outs[0]))  # then remember where they are
             reps = max(self._repeat(nkeys), window)
+            if self.b.fresh:
+                rows += self._fresh(po, kv, keys, reps, outs)
             for op in OPS:
                 po.barrier(WORKERS)
                 t = time.perf_counter()
@@ -163,13 +169,46 @@ class KVBench(App):
                 po.barrier(WORKERS)
                 mpi_time = self._raw(po, keys, op, reps)
                 row = {"op": op, "keys": nkeys, "reps": reps, "kv_time": kv_time,
-                       "mpi_time": mpi_time}
+                       "mpi_time": mpi_time, "lists": "repeated"}
                 if nkeys <= self.b.naive_max_keys:
                     po.barrier(WORKERS)
                     row["naive_reps"] = nreps = max(1, min(reps, int(2e6 // nkeys)))
                     row["naive_time"] = self._naive(po, keys, vals, op, nreps)
                 rows.append(row)
         return {"rows": rows}
+
+    def _fresh(self, po: Postoffice, kv: KVWorker, keys: np.ndarray, reps: int,
+               outs: list[np.ndarray]) -> list[dict[str, Any]]:
+        """pull and pushpull, each request a new sorted list of ``keys.size``
+        keys drawn from what this worker stored (this size's keys and its share
+        of the background keys): every request makes the servers search."""
+        nkeys, window = keys.size, self.b.window
+        share = self.b.background_keys // po.num_workers
+        w, nw = po.worker_index(), po.num_workers
+        ids = np.arange(share, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
+        pool = np.concatenate([keys, np.sort(hash_feature(ids, salt=1 << 40))])
+        rng = np.random.default_rng([nkeys, w])
+        lists = max(window + 1, min(reps, int(3e7 // nkeys)))  # memory: 3e7 keys at most
+        fresh = [np.sort(pool[rng.choice(pool.size, nkeys, replace=False)])
+                 for _ in range(lists)]
+        vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
+        rows = []
+        for op in ("pull", "pushpull"):
+            po.barrier(WORKERS)
+            t = time.perf_counter()
+            inflight: list[int] = []
+            for i in range(lists):
+                if len(inflight) == window:
+                    kv.wait(inflight.pop(0))
+                out = outs[i % window]
+                inflight.append(kv.pull(fresh[i], out) if op == "pull" else
+                                kv.pushpull(fresh[i], vals, out))
+            kv.wait_all()
+            kv_time = time.perf_counter() - t
+            po.barrier(WORKERS)
+            rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
+                         "mpi_time": self._raw(po, keys, op, lists), "lists": "fresh"})
+        return rows
 
     def _naive(self, po: Postoffice, keys: np.ndarray, vals: np.ndarray, op: str,
                reps: int) -> float:
@@ -214,7 +253,8 @@ class KVBench(App):
         b = self.b
         nw, ns = len(workers), len(servers)
         lines = []
-        header = (f"{'op':9s} {'keys':>9s} {'reps':>5s} {'keys/s':>11s} {'kv GB/s':>8s} "
+        header = (f"{'op':9s} {'lists':8s} {'keys':>9s} {'reps':>5s} {'keys/s':>11s} "
+                  f"{'kv GB/s':>8s} "
                   f"{'MPI GB/s':>9s} {'kv/MPI':>7s} {'naive keys/s':>12s} {'x naive':>8s}")
         filters = sorted(set(self.cfg.filters.push) | set(self.cfg.filters.pull))
         kv = self.cfg.kv
@@ -234,7 +274,8 @@ class KVBench(App):
             up, down = wire_bytes(row["op"], row["keys"], b.vdim)
             moved = (up + down) * row["reps"] * nw
             total_keys = row["keys"] * row["reps"] * nw
-            rec = {"op": row["op"], "keys": row["keys"], "vdim": b.vdim, "servers": ns,
+            rec = {"op": row["op"], "lists": row["lists"], "keys": row["keys"],
+                   "vdim": b.vdim, "servers": ns,
                    "workers": nw, "reps": row["reps"],
                    "keys_per_s": total_keys / kv_time, "bytes_per_s": moved / kv_time,
                    "mpi_bytes_per_s": moved / mpi_time}
@@ -250,9 +291,16 @@ class KVBench(App):
                 rec["speedup_vs_naive"] = rec["keys_per_s"] / rec["naive_keys_per_s"]
                 naive = f" {rec['naive_keys_per_s']:12.4g} {rec['speedup_vs_naive']:8.1f}"
             lines.append(rec)
-            print(f"{rec['op']:9s} {rec['keys']:9d} {rec['reps']:5d} "
+            print(f"{rec['op']:9s} {rec['lists']:8s} {rec['keys']:9d} {rec['reps']:5d} "
                   f"{rec['keys_per_s']:11.4g} {rec['bytes_per_s'] / 1e9:8.3f} "
                   f"{rec['mpi_bytes_per_s'] / 1e9:9.3f} {rec['ratio']:7.1%}{naive}",
                   flush=True)
+        rate = {(r["op"], r["lists"], r["keys"]): r["keys_per_s"] for r in lines}
+        pairs = [(op, k) for op, lists, k in rate if lists == "fresh"
+                 and (op, "repeated", k) in rate]
+        if pairs:
+            print("fresh lists / repeated list: " + ", ".join(
+                f"{op} {k:.0e} {rate[(op, 'fresh', k)] / rate[(op, 'repeated', k)]:.0%}"
+                for op, k in pairs), flush=True)
         if b.json:
             append_jsonl(b.json, lines)
