@@ -63,18 +63,51 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _job(args: argparse.Namespace):
+    """(config, app) of a job file and its overrides; ConfigError names the key."""
+    app_name = config.peek(args.job, _overrides(args), "job", "app")
+    app_cls = _load_app(app_name, args.job)
+    cfg = config.load(args.job, _overrides(args))
+    consistency.policy_of(cfg)  # a contradictory [consistency] fails here, on every rank
+    return cfg, app_cls(cfg)  # an app checks its data paths here: errors name key and file
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    # Import the app first: it declares its job file sections.
     try:
-        app_name = config.peek(args.job, _overrides(args), "job", "app")
-        app_cls = _load_app(app_name, args.job)
-        cfg = config.load(args.job, _overrides(args))
-        consistency.policy_of(cfg)  # a contradictory [consistency] fails here, on every rank
-        app = app_cls(cfg)  # an app checks its data paths here: errors name key and file
+        cfg, app = _job(args)
     except config.ConfigError as e:
         return _fail(str(e))
     from .runtime import run
     run(cfg, app)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a job without starting ranks: every section and key, the
+    consistency policy, the app's data paths, and the layout for --np ranks."""
+    from .layout import LayoutError, make_layout
+    try:
+        cfg, app = _job(args)
+    except (config.ConfigError, ValueError) as e:
+        print(f"mpips: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.job}: valid; app {cfg.job.app!r}, output {cfg.job.output!r}")
+    queue = app.work_queue()
+    if queue is not None and getattr(queue, "partitions", None) is not None:
+        print(f"  work queue: {len(queue.partitions)} partition(s) x {queue.epochs} epoch(s)")
+    if args.np is not None:
+        try:
+            layout = make_layout(args.np, cfg.layout.servers, None, cfg.layout.spread_hosts)
+        except LayoutError as e:
+            print(f"mpips: {args.job}: with {args.np} ranks: {e}", file=sys.stderr)
+            return 2
+        workers = len(layout.workers)
+        print(f"  with {args.np} ranks: 1 scheduler, {len(layout.servers)} server(s), "
+              f"{workers} worker(s)")
+        from .data.queue import partition_warning
+        warning = partition_warning(queue, workers)
+        if warning:
+            print(f"  warning: {warning}")
     return 0
 
 
@@ -222,6 +255,15 @@ def parser() -> argparse.ArgumentParser:
     add_query_arguments(q)
     q.set_defaults(func=cmd_query)
 
+    v = sub.add_parser("validate", help="check a job file without starting ranks",
+                       description="Checks every section and key (with 'did you mean' for "
+                                   "unknown ones), the consistency policy and the app's data "
+                                   "paths; with --np N also the layout. Exit 0 if the job "
+                                   "can start, 2 if not.")
+    v.add_argument("job", help="job file (TOML)")
+    v.add_argument("--np", type=int, help="ranks the job will run on (checks the layout)")
+    _common(v)
+    v.set_defaults(func=cmd_validate)
     c = sub.add_parser("config", help="print every job file section and key at its default, "
                        "as TOML with the help as comments (a job file to start from)")
     c.add_argument("--app", choices=sorted(APPS), help="only the sections a job of this app "

@@ -172,15 +172,14 @@ def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     }
     for name, table in raw.items():
         if name not in _SCHEMA:
-            raise ConfigError(
-                f"{source}: unknown section [{name}] (known: {', '.join(sorted(_SCHEMA))})"
-            )
+            raise ConfigError(f"{source}: unknown section [{name}]{_suggest(name, _SCHEMA)} "
+                              f"(known: {', '.join(sorted(_SCHEMA))})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {name} must be a [section], got {table!r}")
         for key, value in table.items():
             if key not in _SCHEMA[name]:
                 raise ConfigError(
-                    f"{source}: unknown key [{name}] {key} "
+                    f"{source}: unknown key [{name}] {key}{_suggest(key, _SCHEMA[name])} "
                     f"(known: {', '.join(sorted(_SCHEMA[name]))})"
                 )
             values[name][key] = _validate(name, key, value, source)
@@ -188,9 +187,10 @@ def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
         name, key, value = _parse_override(text)
         where = f"-o {text}"
         if name not in _SCHEMA:
-            raise ConfigError(f"{where}: unknown section [{name}]")
+            raise ConfigError(f"{where}: unknown section [{name}]{_suggest(name, _SCHEMA)}")
         if key not in _SCHEMA[name]:
-            raise ConfigError(f"{where}: unknown key [{name}] {key}")
+            raise ConfigError(f"{where}: unknown key [{name}] {key}"
+                              f"{_suggest(key, _SCHEMA[name])}")
         opt = _SCHEMA[name][key]
         if isinstance(value, str) and opt.kind is not str and str not in _as_tuple(opt.kind):
             raise ConfigError(
@@ -198,6 +198,13 @@ def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
             )
         values[name][key] = _validate(name, key, value, where)
     return Config(values, source)
+
+
+def _suggest(word: str, known: Iterable[str]) -> str:
+    """``: did you mean 'x'?`` for the closest known name, if one is close."""
+    import difflib
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f": did you mean {close[0]!r}?" if close else ""
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -57,3 +57,19 @@ def test_demo_job_trains(tmp_path):
     # Learned, not guessed: well above chance and within reach of the planted model.
     assert m["auc"] > 0.7 and m["auc"] > m["planted"]["auc"] - 0.08
     assert "train loss" in proc.stdout
+
+
+def test_validate_checks_a_job_without_ranks(tmp_path):
+    ok = run_py("-m", "mpips", "validate", "jobs/demo.toml", "--np", "4")
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout and "1 scheduler, 1 server(s), 2 worker(s)" in ok.stdout
+    typo = run_py("-m", "mpips", "validate", "jobs/demo.toml", "-o", "linear.lrr=0.1")
+    assert typo.returncode == 2
+    assert "unknown key [linear] lrr: did you mean 'lr'?" in typo.stderr
+    job = tmp_path / "job.toml"
+    job.write_text("[lineer]\nlr = 1\n")
+    bad = run_py("-m", "mpips", "validate", str(job))
+    assert bad.returncode == 2 and f"{job}: unknown section [lineer]: did you mean " \
+        "'linear'?" in bad.stderr
+    few = run_py("-m", "mpips", "validate", "jobs/demo.toml", "--np", "2")
+    assert few.returncode == 2 and "at least 3 ranks" in few.stderr

@@ -20,6 +20,7 @@ def train(tmp: Path, job: str, *overrides: str, n: int = 4, name: str = "run") -
     proc = run_mpi(n, "python", "-m", "mpips", "train", job, "-o", f"job.output={out}",
                    *[a for o in overrides for a in ("-o", o)], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (tmp / f"{name}.stdout").write_text(proc.stdout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert lines and all("epoch" in line for line in lines), proc.stdout[-3000:]
     assert "test: logloss" in proc.stdout, proc.stdout[-3000:]
@@ -139,6 +140,18 @@ def test_bench_peers_runs_every_system_on_the_same_rows(ctr, tmp_path):
     for r in rows:  # a planted model: every learner finds it
         assert r["auc"] > 0.7 and r["wall"] > 0 and r["examples"] > 0, r
     assert "x VW" in proc.stdout and "to AUC" in proc.stdout
+
+
+def test_fewer_partitions_than_workers_is_said_at_start(ctr, tmp_path):
+    """The ctr fixture's test split is one partition: two workers, one idles."""
+    out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
+                f"data.train={ctr / 'test'}", "data.epochs=1")
+    log = out.parent / "run.stdout"
+    assert log.exists() and "warning: 1 partition(s) for 2 workers" in log.read_text()
+    check = run_py("-m", "mpips", "validate", str(ROOT / "jobs" / "demo.toml"), "--np", "4",
+                   *[a for o in ctr_job(ctr) for a in ("-o", o)],
+                   "-o", f"data.train={ctr / 'test'}")
+    assert check.returncode == 0 and "warning: 1 partition(s) for 2 workers" in check.stdout
 
 
 def converted(tmp: Path, name: str, rows: int) -> Path:

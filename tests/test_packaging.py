@@ -58,7 +58,8 @@ def test_wheel_holds_every_module(tmp_path):
     assert sorted(modules_in_tree() - in_wheel) == []
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["config"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["config"], ["train", "--help"],
+                                  ["validate", "jobs/demo.toml", "--np", "4"]])
 def test_commands_without_ranks_need_no_mpi(args):
     proc = run_py("-c", NO_MPI, *args, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -202,3 +202,13 @@ def split_by_size(sizes: list[int], ranks: int) -> list[list[int]]:
         owned[rank].append(item)
         load[rank] += max(sizes[item], 1)
     return [sorted(items) for items in owned]
+
+
+def partition_warning(queue: object, workers: int) -> str | None:
+    """A data set with fewer partitions than workers leaves workers idle."""
+    parts = getattr(queue, "partitions", None)
+    if parts is None or queue.everyone or len(parts) >= workers:
+        return None
+    return (f"{len(parts)} partition(s) for {workers} workers: {workers - len(parts)} "
+            "worker(s) will wait idle each epoch; convert with a smaller "
+            "--rows-per-partition to use them all")

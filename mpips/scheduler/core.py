@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ..app import App
+from ..data.queue import partition_warning
 from ..postoffice import ALL, Postoffice
 from ..transport import Message, Op
 from .checkpoints import Checkpoints
@@ -55,6 +56,9 @@ class Scheduler:
               f"host(s): 1 scheduler, {len(layout.servers)} servers, {len(layout.workers)} "
               f"workers; ring of {po.ring.num_ranges} ranges, replication "
               f"{po.ring.replication}; {ft}; {po.van.library()}", flush=True)
+        warning = partition_warning(self.tasks.queue, len(layout.workers))
+        if warning:
+            print(f"mpips: warning: {warning}", flush=True)
         if po.cfg.checkpoint.resume:
             self.checkpoints.resume()
         next_line = t0 + self.interval
