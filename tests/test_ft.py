@@ -68,6 +68,17 @@ def test_dead_worker_tasks_go_back_to_the_queue(tmp_path):
     assert "every partition exactly once per epoch" in out
 
 
+def test_a_job_whose_last_worker_died_fails(tmp_path):
+    """One worker, SIGKILLed holding a task: the job must not say "done"."""
+    proc = run_mpi(3, "python", "tests/progs/kv_job.py", "queue", "layout.servers=1",
+                   f"job.output={tmp_path}", ft=True, timeout=120,
+                   env={"MPIPS_TEST_KILL_WORKER": "0:4"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    assert "worker 0 dies holding a task" in out
+    assert "every worker is gone" in out and "done in" not in out
+
+
 def test_server_death_without_replication_stops_the_job(tmp_path):
     proc = run_mpi(5, "python", "tests/progs/kv_job.py", "raise", "layout.servers=2",
                    "layout.replication=0", ft=True, timeout=60, env={"MPIPS_TEST_SERVER_DIES": "1"})

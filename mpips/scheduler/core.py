@@ -20,7 +20,7 @@ from ..data.queue import partition_warning
 from ..postoffice import ALL, Postoffice
 from ..transport import Message, Op
 from .checkpoints import Checkpoints
-from .failures import Failover
+from .failures import Failover, JobFailed
 from .tasks import TaskDesk
 
 
@@ -81,6 +81,7 @@ class Scheduler:
 
         while not self._all_done():
             po.wait_until(tick, lambda: "", timeout=float("inf"), idle=watch)
+        self._check_complete()
         if self.counters:
             self._print_progress(time.monotonic() - t0)  # the last line: final totals
         servers = self.live(po.layout.servers)
@@ -99,6 +100,18 @@ class Scheduler:
         lost = sorted(po.van.dead)
         print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s"
               + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
+
+    def _check_complete(self) -> None:
+        """A job whose workers are all gone, or that stopped short of its
+        tasks, failed: it must not write results or say "done"."""
+        workers = self.po.layout.workers
+        if not self.live(workers):
+            raise JobFailed(f"every worker is gone (ranks {list(workers)}): the job cannot "
+                            "finish; restart it with --resume from the last checkpoint")
+        queue = self.tasks.queue
+        if queue is not None and not queue.finished:
+            raise JobFailed(f"the workers stopped with {queue.tasks_done} task(s) done and "
+                            "the work queue unfinished")
 
     def live(self, ranks) -> list[int]:
         """``ranks`` without the dead ones."""
