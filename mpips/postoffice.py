@@ -80,7 +80,8 @@ class Postoffice:
                                           cfg.layout.spread_hosts)
         self.role = self.layout.role(self.rank)
         self.ring = KeyRing(len(self.layout.servers), cfg.layout.virtual_servers,
-                            cfg.layout.replication)
+                            cfg.layout.replication,
+                            hosts=tuple(self.layout.hosts[r] for r in self.layout.servers))
         self.handlers: dict[int, Handler] = {}
         self.clients: dict[int, Handler] = {}  # table id -> kv worker reply handler
         # Called with (old ring, new ring) after a failover changed the ring.

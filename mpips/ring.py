@@ -27,11 +27,15 @@ class KeyRing:
     """Ranges of the key space, their owners and replica holders.
 
     ``servers`` are the server ids 0..S-1 in ring order (the layout maps them
-    to MPI ranks). ``replication`` is k, the number of successors that hold a
-    copy of each range. Range ``r``'s home is server ``r % S``; its owner is
-    the first live server from its home on, and its replicas are the k live
-    servers after the owner. When an owner dies, its first live successor,
-    which holds a replica, becomes the owner: failover is a status change.
+    to MPI ranks). ``replication`` is k, the number of copies of each range
+    beyond the owner's. Range ``r``'s home is server ``r % S``; its holders
+    are taken in a preference order from the home: the successors on the
+    ring, one per host at a time (``hosts``: the host id of each server), so
+    that the owner and its replicas sit on k + 1 different hosts whenever
+    the servers span that many. The owner is the first live server of that
+    order, its replicas the next k live ones. When an owner dies, the next
+    live one, which holds a replica, becomes the owner: failover is a status
+    change. With one host the order is the plain ring order.
     """
 
     servers: int
@@ -39,8 +43,10 @@ class KeyRing:
     replication: int = 0
     version: int = 0
     dead: frozenset[int] = frozenset()
+    hosts: tuple[int, ...] = ()  # host id of each server; () = all on one host
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     owners: np.ndarray = field(init=False, repr=False, compare=False)
+    prefs: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.servers < 1:
@@ -53,21 +59,46 @@ class KeyRing:
             )
         if len(self.dead) >= self.servers:
             raise RingError("every server of the ring is dead")
+        if self.hosts and len(self.hosts) != self.servers:
+            raise ValueError(f"{len(self.hosts)} host ids for {self.servers} servers")
         nranges = self.servers * self.virtual_servers
         # Equal cuts of [0, 2**64), computed exactly with Python ints.
         bounds = np.array([(r << 64) // nranges for r in range(nranges)], dtype=np.uint64)
         bounds.setflags(write=False)
-        order = self._live_from(np.arange(self.servers))
-        owners = np.array([order[r % self.servers][0] for r in range(nranges)], np.int64)
+        prefs = tuple(self._preference(h) for h in range(self.servers))
+        object.__setattr__(self, "prefs", prefs)
+        owners = np.array([self._live(r)[0] for r in range(nranges)], np.int64)
         owners.setflags(write=False)
         object.__setattr__(self, "bounds", bounds)
         object.__setattr__(self, "owners", owners)
 
-    def _live_from(self, homes: np.ndarray) -> list[list[int]]:
-        """For each home server, the live servers in ring order from it."""
+    def _preference(self, home: int) -> tuple[int, ...]:
+        """Servers in ring order from ``home``, one per host in each round."""
         S = self.servers
-        return [[(h + i) % S for i in range(S) if (h + i) % S not in self.dead]
-                for h in homes.tolist()]
+        pending = [(home + i) % S for i in range(S)]
+        if not self.hosts:
+            return tuple(pending)
+        order: list[int] = []
+        while pending:
+            used: set[int] = set()
+            rest = []
+            for s in pending:
+                if self.hosts[s] in used:
+                    rest.append(s)
+                else:
+                    order.append(s)
+                    used.add(self.hosts[s])
+            pending = rest
+        return tuple(order)
+
+    def _live(self, r: int) -> list[int]:
+        """Range ``r``'s live servers in its preference order."""
+        return [s for s in self.prefs[r % self.servers] if s not in self.dead]
+
+    @property
+    def hosts_of_copies(self) -> int:
+        """Distinct hosts the owner and replicas of a range can span."""
+        return min(self.replication + 1, len(set(self.hosts)) if self.hosts else 1)
 
     @property
     def live_servers(self) -> list[int]:
@@ -95,11 +126,9 @@ class KeyRing:
         return [int(r) for r in np.flatnonzero(self.owners == server)]
 
     def replicas(self, r: int) -> list[int]:
-        """The k live servers after range ``r``'s owner on the ring (fewer when
-        fewer are alive), owner excluded."""
-        owner = int(self.owners[r])
-        after = self._live_from(np.array([owner]))[0][1:]
-        return after[: self.replication]
+        """The k live servers after range ``r``'s owner in its preference
+        order (fewer when fewer are alive), owner excluded."""
+        return self._live(r)[1: 1 + self.replication]
 
     def holders(self, r: int) -> list[int]:
         """Owner and replicas of range ``r``."""

@@ -36,6 +36,21 @@ def test_counts_are_exact(n, servers, virtual, chunk, coalesce):
         assert "; 0 bundles sent" not in proc.stdout, proc.stdout[-2000:]
 
 
+def test_the_layout_and_ring_are_written_and_shared_hosts_are_said(tmp_path):
+    import json
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "counts", "layout.servers=2",
+                   "layout.replication=1", f"job.output={tmp_path}", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # one machine: every replica is on its owner's host, and the job says so
+    assert "warning: replication 1 with servers on 1 host(s)" in proc.stdout
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert [r["role"] for r in layout["ranks"]] == ["scheduler", "server", "server",
+                                                     "worker", "worker"]
+    assert len(layout["ranges"]) == 2
+    for r in layout["ranges"]:
+        assert {r["owner"], *r["replicas"]} == {1, 2} and r["hosts"] == [0, 0]
+
+
 def test_work_queue_hands_each_partition_once_per_epoch():
     proc = run_mpi(5, "python", "tests/progs/kv_job.py", "queue", "layout.servers=1",
                    timeout=120)

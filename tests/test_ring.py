@@ -94,3 +94,47 @@ def test_failover_moves_ranges_to_the_first_live_successor():
     assert two.holders(1) == [3, 0] and set(two.live_servers) == {0, 3}
     with pytest.raises(Exception, match="every server"):
         KeyRing(2, 1, 1).without(0).without(1)
+
+
+def spread(servers: int, hosts: int) -> tuple[int, ...]:
+    """Host ids of servers dealt from the hosts in turn (the layout's spread)."""
+    return tuple(s % hosts for s in range(servers))
+
+
+@pytest.mark.parametrize("servers,hosts,virtual,k", [
+    (4, 3, 1, 1), (5, 2, 1, 1), (3, 2, 1, 1), (7, 3, 4, 2), (6, 3, 2, 2), (8, 4, 3, 3)])
+def test_replicas_never_share_the_owners_host(servers, hosts, virtual, k):
+    """The ring wraps round (server S-1's successor is server 0), so plain
+    successors can sit on the owner's host: 4 servers on 3 hosts, any odd
+    count on 2. Holders are picked one per host at a time."""
+    host_of = spread(servers, hosts)
+    ring = KeyRing(servers, virtual, k, hosts=host_of)
+    plain = KeyRing(servers, virtual, k)
+    for r in range(ring.num_ranges):
+        assert len({host_of[s] for s in ring.holders(r)}) == k + 1, (r, ring.holders(r))
+    # the plain ring does put some replica on its owner's host in these layouts
+    shared = [r for r in range(plain.num_ranges)
+              if len({host_of[s] for s in plain.holders(r)}) < k + 1]
+    assert shared or servers % hosts == 0
+
+
+def test_uneven_hosts_and_one_failure_keep_replicas_off_the_owners_host():
+    host_of = (0, 0, 0, 1, 1, 2)  # three servers on host 0
+    ring = KeyRing(6, 2, 1, hosts=host_of)
+    for r in range(ring.num_ranges):
+        owner, replica = ring.holders(r)
+        assert host_of[owner] != host_of[replica]
+    for dead in range(6):  # any one server dies: k + 1 = 2 < 3 hosts remain
+        after = ring.without(dead)
+        for r in range(after.num_ranges):
+            holders = after.holders(r)
+            assert dead not in holders and len({host_of[s] for s in holders}) == 2
+            # failover is a status change: the new owner held a copy before
+            assert holders[0] in ring.holders(r)
+
+
+def test_one_host_keeps_the_plain_ring_order():
+    a, b = KeyRing(5, 3, 2), KeyRing(5, 3, 2, hosts=(7,) * 5)
+    assert [a.holders(r) for r in range(a.num_ranges)] == \
+        [b.holders(r) for r in range(b.num_ranges)]
+    assert b.hosts_of_copies == 1 and KeyRing(4, 1, 1, hosts=spread(4, 2)).hosts_of_copies == 2

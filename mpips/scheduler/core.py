@@ -55,10 +55,18 @@ class Scheduler:
         print(f"mpips: {po.cfg.job.name}: {layout.world_size} ranks on {layout.num_hosts} "
               f"host(s): 1 scheduler, {len(layout.servers)} servers, {len(layout.workers)} "
               f"workers; ring of {po.ring.num_ranges} ranges, replication "
-              f"{po.ring.replication}; {ft}; {po.van.library()}", flush=True)
+              f"{po.ring.replication} (a range's copies on {po.ring.hosts_of_copies} "
+              f"host(s); map in layout.json); {ft}; {po.van.library()}", flush=True)
         warning = partition_warning(self.tasks.queue, len(layout.workers))
         if warning:
             print(f"mpips: warning: {warning}", flush=True)
+        ring = po.ring
+        if ring.replication and ring.hosts_of_copies < ring.replication + 1:
+            server_hosts = len(set(ring.hosts)) if ring.hosts else 1
+            print(f"mpips: warning: replication {ring.replication} with servers on "
+                  f"{server_hosts} host(s): some replicas share their owner's host, so "
+                  "losing that host loses those ranges", flush=True)
+        self._write_layout()
         if po.cfg.checkpoint.resume:
             self.checkpoints.resume()
         next_line = t0 + self.interval
@@ -100,6 +108,24 @@ class Scheduler:
         lost = sorted(po.van.dead)
         print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s"
               + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
+
+    def _write_layout(self) -> None:
+        """layout.json in the job's output: every rank's role and host, and
+        every range's owner and replicas (ranks and hosts)."""
+        po, layout, ring = self.po, self.po.layout, self.po.ring
+        ranks = [{"rank": r, "role": layout.role(r), "name": layout.describe(r),
+                  "host": layout.hosts[r]} for r in range(layout.world_size)]
+        ranges = []
+        for r in range(ring.num_ranges):
+            lo, hi = ring.range_of(r)
+            holders = [po.server_rank(s) for s in ring.holders(r)]
+            ranges.append({"range": r, "lo": f"{lo:#x}", "hi": f"{hi:#x}",
+                           "owner": holders[0], "replicas": holders[1:],
+                           "hosts": [layout.hosts[h] for h in holders]})
+        out = po.cfg.job.output
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "layout.json"), "w") as f:
+            json.dump({"ring_version": ring.version, "ranks": ranks, "ranges": ranges}, f)
 
     def _check_complete(self) -> None:
         """A job whose workers are all gone, or that stopped short of its
