@@ -238,3 +238,59 @@ def test_server_killed_mid_stream_keeps_the_bound(tmp_path):
     print(f"sketch: a server killed mid-stream; the new owner served "
           f"{(served - killed) * 1000:.0f} ms after the kill")
     assert served > killed
+
+
+@pytest.mark.timeout(60)
+def test_hostile_files_in_the_query_folder_are_answered_or_refused_one_by_one(tmp_path):
+    """Every file worker 0 finds in OUTPUT/queries gets an answer of its own (an
+    error for a bad one) and the job goes on: no query can raise out of the
+    poll, block it (a FIFO) or make it write through a planted symlink."""
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from mpips.apps.sketch.queries import LiveQueries
+    from mpips.postoffice import Command
+
+    class FakeKV:
+        def pull(self, keys):
+            return np.zeros((keys.size, 1), np.int64)
+
+        def wait(self, pulled):
+            return pulled
+
+    po = SimpleNamespace(layout=SimpleNamespace(servers=[1]), ask=lambda ranks, c: [
+        Command("sketch.top", {"total": 7}, np.empty(0, np.uint64), np.empty((0, 1)))])
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    hostile = {"list": [1, 2], "negative": {"ids": [-1]}, "big": {"keys": [2 ** 64]},
+               "ids-as-strings": {"ids": ["a"]}, "huge-top": {"top": 1e30},
+               "float-ids": {"ids": [1.5]}, "strings-not-strings": {"strings": [1]},
+               "unknown": {"idz": [1]}, "bool-top": {"top": True}}
+    for name, q in hostile.items():
+        (folder / f"{name}.query.json").write_text(json.dumps(q))
+    (folder / "broken.query.json").write_text("{not json")
+    (folder / "dir.query.json").mkdir()
+    os.mkfifo(folder / "fifo.query.json")
+    (folder / "link.query.json").symlink_to(victim)
+    (folder / "good.query.json").write_text(json.dumps({"ids": [3, 4], "top": 2}))
+    (folder / "good.answer.json").symlink_to(victim)  # planted where the answer goes
+    (folder / f".good.answer.json.tmp{os.getpid()}").symlink_to(victim)
+    live = LiveQueries(po, FakeKV(), folder, interval=0.0, epsilon=1e-3)
+    live.poll(force=True)
+    live.poll(force=True)  # the folder that stays is refused once, not again
+    answers = {p.name.removesuffix(".answer.json"): json.loads(p.read_text())
+               for p in folder.glob("*.answer.json") if not p.is_symlink()}
+    bad = [*hostile, "broken", "dir", "fifo", "link"]
+    assert sorted(answers) == sorted([*bad, "good"])
+    for name in bad:
+        assert "error" in answers[name], (name, answers[name])
+    assert "not a regular file" in answers["fifo"]["error"]
+    assert "not a regular file" in answers["link"]["error"]
+    assert [p["item"] for p in answers["good"]["points"]] == [3, 4]
+    assert answers["good"]["total"] == 7
+    assert victim.read_text() == "untouched"
+    assert not (folder / "good.answer.json").is_symlink()
+    assert live.answered == len(bad) + 1

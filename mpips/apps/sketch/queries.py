@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +31,54 @@ from .store import INDEX_NAME, CountMinStore, SavedSketch, merge_top, unmix64
 TOP = "sketch.top"  # command: a server's heavy-hitter candidates re-estimated
 
 
+MAX_ITEMS = 1_000_000  # points one query may ask for
+MAX_TOP = 100_000      # heavy hitters one query may ask for
+MAX_QUERY_BYTES = 64 << 20
+QUERY_FIELDS = ("ids", "strings", "keys", "top", "fraction")
+
+
+def _ints(value: Any, name: str, lo: int, hi: int) -> list[int]:
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+    bad = next((v for v in value if isinstance(v, bool) or not isinstance(v, int)
+                or not lo <= v < hi), None)
+    if bad is not None:
+        raise ValueError(f"{name}: {bad!r} is not an integer in [{lo}, {hi})")
+    return value
+
+
+def check_query(query: Any) -> dict[str, Any]:
+    """The query with every field checked; ValueError names what is wrong.
+    ``ids`` integers in [0, 2^63), ``strings`` strings, ``keys`` integers in
+    [0, 2^64), ``top`` an integer in [0, MAX_TOP], ``fraction`` in [0, 1]."""
+    if not isinstance(query, dict):
+        raise ValueError(f"a query is a JSON object, got {type(query).__name__}")
+    unknown = sorted(set(query) - set(QUERY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} (known: {', '.join(QUERY_FIELDS)})")
+    out = {"ids": _ints(query.get("ids", []), "ids", 0, 1 << 63),
+           "keys": _ints(query.get("keys", []), "keys", 0, 1 << 64)}
+    strings = query.get("strings", [])
+    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        raise ValueError("strings must be a list of strings")
+    out["strings"] = strings
+    if len(out["ids"]) + len(strings) + len(out["keys"]) > MAX_ITEMS:
+        raise ValueError(f"more than {MAX_ITEMS} items in one query")
+    top = query.get("top", 0)
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
+        raise ValueError(f"top must be an integer in [0, {MAX_TOP}], got {top!r}")
+    fraction = query.get("fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    out.update(top=top, fraction=float(fraction))
+    return out
+
+
 def query_keys(query: dict[str, Any]) -> tuple[list[Any], np.ndarray]:
     """The items a query names and their keys: ``ids`` (integers, hashed as the
     job hashes them), ``strings`` (FNV-1a 64, then hashed) or raw ``keys``."""
+    query = check_query(query)
     items: list[Any] = []
     keys = [np.empty(0, np.uint64)]
     if query.get("ids"):
@@ -103,9 +150,33 @@ def query(job_output: str | Path, q: dict[str, Any], timeout: float = 30.0,
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    """Write ``obj`` as ``path`` at once: a new file made in the same folder
+    (O_EXCL: never one planted there), then renamed over ``path`` (a symlink
+    at ``path`` is replaced, not followed)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_query_file(path: Path) -> Any:
+    """A query file's JSON, if it is a regular file (not a symlink, FIFO or
+    folder, which are refused without opening them for reading)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > MAX_QUERY_BYTES:
+        raise ValueError(f"larger than {MAX_QUERY_BYTES} bytes")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MAX_QUERY_BYTES + 1)
+    return json.loads(data)
 
 
 class LiveQueries:
@@ -117,6 +188,7 @@ class LiveQueries:
         self.interval, self.epsilon = interval, epsilon
         self.next_look = 0.0
         self.answered = 0
+        self.refused: set[str] = set()
 
     def poll(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -128,15 +200,21 @@ class LiveQueries:
         except FileNotFoundError:
             return
         for name in names:
+            if name in self.refused:
+                continue
             path = self.folder / name
             try:
-                q = json.loads(path.read_text())
-                result = self.answer(q)
-            except (ValueError, TypeError, OSError) as e:
+                result = self.answer(read_query_file(path))
+            except (ValueError, OSError) as e:  # answered with the reason, job goes on
                 result = {"error": f"{name}: {e}"}
             write_json_atomic(self.folder / name.replace(".query.json", ".answer.json"),
-                               result)
-            path.unlink(missing_ok=True)
+                              result)
+            try:
+                path.unlink()
+            except IsADirectoryError:
+                self.refused.add(name)  # a folder stays: refuse it once
+            except FileNotFoundError:
+                pass
             self.answered += 1
 
     def answer(self, q: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +225,7 @@ class LiveQueries:
             np.empty(0, np.int64)
         est = np.empty(keys.size, np.int64)
         est[order] = est_sorted[inverse]
-        k = int(q.get("top", 0))
+        k = check_query(q)["top"]
         answers = self.po.ask(self.po.layout.servers, Command(TOP, {"k": k}))
         tk, te = merge_top([np.empty(0, np.uint64) if a.keys is None else a.keys
                             for a in answers],
