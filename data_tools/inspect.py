@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from data_tools.errors import DataError
-from mpips.data.format import ARRAYS, Checksum
 from mpips.data.manifest import ManifestError, load_manifest
 from mpips.data.reader import PartitionError, PartitionReader
+from mpips.data.verify import check_partition
 
 VERIFY_PIECE_ROWS = 1 << 18
 
@@ -95,52 +95,6 @@ def inspect(folder: str, as_json: bool = False, sample_nnz: int = 10_000_000) ->
     return 0
 
 
-def _check_partition(path: str, expected: Any, binary: bool) -> list[str]:
-    problems: list[str] = []
-    try:
-        reader = PartitionReader(path)
-    except PartitionError as e:
-        return [str(e)]
-    with reader:
-        if reader.rows != expected.rows or reader.nnz != expected.nnz:
-            problems.append(f"{path}: {reader.rows} rows / {reader.nnz} nnz, manifest says "
-                            f"{expected.rows} / {expected.nnz}")
-        checksum = Checksum()
-        checksum.update("indptr", np.zeros(1, np.int64))
-        previous_end = 0
-        try:
-            for chunk in reader.chunks():
-                ends = chunk.indptr[1:] + previous_end
-                if chunk.first_row == 0 and reader.indptr_at(0) != 0:
-                    problems.append(f"{path}: indptr does not start at 0")
-                if (np.diff(chunk.indptr) < 0).any():
-                    problems.append(f"{path}: indptr decreases near row {chunk.first_row}")
-                if not np.isfinite(chunk.labels).all() or (
-                        binary and not np.isin(chunk.labels, (0.0, 1.0)).all()):
-                    problems.append(f"{path}: bad labels near row {chunk.first_row}")
-                if chunk.values is not None and not np.isfinite(chunk.values).all():
-                    problems.append(f"{path}: non-finite values near row {chunk.first_row}")
-                previous_end = int(ends[-1]) if ends.size else previous_end
-                checksum.update("indptr", ends)
-                checksum.update("indices", chunk.keys)
-                checksum.update("label", chunk.labels)
-                if chunk.values is not None:
-                    checksum.update("values", chunk.values)
-                if problems:
-                    break
-        except (PartitionError, OSError) as e:
-            return problems + [f"{path}: unreadable: {e}"]
-        if not problems and previous_end != reader.nnz:
-            problems.append(f"{path}: indptr ends at {previous_end}, {reader.nnz} indices")
-        digest = checksum.hexdigest()
-        if not problems and digest != expected.sha256:
-            problems.append(f"{path}: checksum mismatch (data changed or corrupt)")
-        extra = set(reader.array_names) - set(ARRAYS)
-        if extra:
-            problems.append(f"{path}: unexpected arrays {sorted(extra)}")
-    return problems
-
-
 def verify(folder: str) -> int:
     """Check every partition against the manifest; print problems, exit 1 if any."""
     manifest = _load(folder)
@@ -148,7 +102,7 @@ def verify(folder: str) -> int:
     problems: list[str] = []
     for part in manifest.partitions:
         try:
-            problems += _check_partition(part.path, part, binary)
+            problems += check_partition(part.path, part, binary)
         except (OSError, KeyError) as e:  # h5py reports damaged files this way
             problems.append(f"{part.path}: unreadable: {e}")
     listed = {p.name for p in manifest.partitions}

@@ -45,8 +45,10 @@ class PartitionRecord:
 def _appendable(h5: h5py.File, name: str, dtype: Any, chunk: int, compression: str | None,
                 initial: np.ndarray | None = None) -> h5py.Dataset:
     data = np.zeros(0, dtype) if initial is None else initial
+    # fletcher32: HDF5 checks every chunk's checksum when it is read, so a
+    # damaged partition fails naming the file instead of training on garbage
     return h5.create_dataset(name, data=data, maxshape=(None,), chunks=(chunk,),
-                             compression=compression, track_times=False)
+                             compression=compression, fletcher32=True, track_times=False)
 
 
 def _append(ds: h5py.Dataset, data: np.ndarray) -> None:

@@ -6,6 +6,7 @@ import gzip
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 
 from data_tools.cli import main
@@ -132,6 +133,38 @@ def test_changed_data_fails_checksum(converted, capsys):
         h5["label"][0] = 1 - h5["label"][0]
     assert main(["verify", str(converted)]) == 1
     assert "checksum mismatch" in capsys.readouterr().out
+
+
+def test_random_bytes_inside_a_partition_fail_reading_naming_the_file(converted):
+    """4 KB of random bytes in the middle of a partition: HDF5's per-chunk
+    checksum (fletcher32) or the reader's own checks refuse it, naming the file."""
+    from mpips.data import load_manifest
+    from mpips.data.reader import PartitionError, read_minibatches
+
+    part = next(converted.glob("part-*.h5"))
+    data = bytearray(part.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = np.random.default_rng(1).integers(
+        0, 256, 4096, dtype=np.uint8).tobytes()
+    part.write_bytes(bytes(data))
+    with pytest.raises(PartitionError, match=str(part)):
+        for _ in read_minibatches(load_manifest(converted).paths, 100):
+            pass
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/passwd", "sub/part.h5", ""])
+def test_manifest_names_stay_inside_the_data_folder(converted, name):
+    import json
+
+    from mpips.data import load_manifest
+    from mpips.data.manifest import ManifestError
+
+    path = converted / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["partitions"][0]["name"] = name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="is not a file name in"):
+        load_manifest(converted)
 
 
 def test_missing_manifest(converted, capsys):

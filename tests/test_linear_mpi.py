@@ -154,6 +154,22 @@ def test_fewer_partitions_than_workers_is_said_at_start(ctr, tmp_path):
     assert check.returncode == 0 and "warning: 1 partition(s) for 2 workers" in check.stdout
 
 
+def test_verify_sha256_refuses_a_changed_partition(ctr, tmp_path):
+    import shutil
+
+    data = tmp_path / "train"
+    shutil.copytree(ctr / "train", data)
+    part = sorted(data.glob("part-*.h5"))[1]
+    with h5py.File(part, "r+") as h5:  # valid HDF5, changed data: only the SHA-256 knows
+        h5["label"][0] = 1 - h5["label"][0]
+    proc = run_mpi(4, "python", "-m", "mpips", "train", str(ROOT / "jobs" / "demo.toml"),
+                   *[a for o in ctr_job(ctr) for a in ("-o", o)], "-o", f"data.train={data}",
+                   "-o", "data.verify=sha256", "-o", f"job.output={tmp_path / 'out'}",
+                   timeout=120)
+    assert proc.returncode != 0
+    assert f"{part}: checksum mismatch" in proc.stderr, proc.stderr[-2000:]
+
+
 def converted(tmp: Path, name: str, rows: int) -> Path:
     out = tmp / name
     proc = run_py("-m", "data_tools", "convert", str(shared_file(f"{name}.libsvm.gz")),

@@ -22,6 +22,10 @@ section("data", {
     "chunk_rows": Option(int, 65536, "rows read from a partition at a time (memory bound)",
                          positive),
     "epochs": Option(int, 1, "passes over the training partitions", positive),
+    "verify": Option(str, "none", "'sha256': before a worker first reads a training "
+                     "partition, check it against the manifest's SHA-256 (a full read); "
+                     "'none': rely on HDF5's per-chunk checksums",
+                     choices=("none", "sha256")),
     "shuffle": Option(bool, True, "shuffle the partition order every epoch (seeded by "
                       "job.seed)"),
     "prefetch": Option(int, 1, "partitions a worker may hold beyond the one it reads",

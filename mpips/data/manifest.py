@@ -64,6 +64,10 @@ def load_manifest(folder: str | Path) -> Manifest:
                             float(raw["label_rate"]), parts, raw)
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
+    for p in parts:  # a partition is a file of this folder, never a path elsewhere
+        if not p.name or Path(p.name).name != p.name or p.name.startswith("."):
+            raise ManifestError(f"{path}: partition name {p.name!r} is not a file name in "
+                                f"{folder}")
     if sum(p.rows for p in parts) != manifest.rows:
         raise ManifestError(f"{path}: partition rows do not add up to rows={manifest.rows}")
     return manifest

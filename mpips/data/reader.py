@@ -128,6 +128,11 @@ class PartitionReader:
             labels = self._h5["label"][start:stop]
         except (OSError, KeyError) as e:
             raise PartitionError(f"{self.path}: cannot read rows {start}..{stop}: {e}") from None
+        if not 0 <= lo <= hi <= self.nnz or (np.diff(indptr) < 0).any() \
+                or keys.size != hi - lo or labels.size != stop - start:
+            raise PartitionError(f"{self.path}: corrupt rows {start}..{stop}: indptr runs "
+                                 f"{lo}..{hi} of {self.nnz} indices or decreases "
+                                 "(python -m data_tools verify tells more)")
         if lo:
             indptr -= lo
         return Minibatch(labels, indptr, keys, values, start)

@@ -35,6 +35,7 @@ class LinearWorker:
         # queue gives a worker the partitions it had before when it can)
         self.batches: dict[str, list[Batch]] = {}
         self.batch_bytes = 0
+        self.verified: set[str] = set()  # partitions checked against their SHA-256
         self.synthetic = None
         if self.lc.data == "synthetic":
             self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
@@ -94,7 +95,14 @@ class LinearWorker:
     def _read(self, path: str) -> Iterator[Batch]:
         """The localised minibatches of one partition, kept for later epochs
         while ``[linear] cache_bytes`` allows (whole partitions only)."""
-        from ...data.reader import read_minibatches
+        from ...data.reader import PartitionError, read_minibatches
+        if self.app.cfg.data.verify == "sha256" and path not in self.verified:
+            from ...data.verify import check_partition
+            info = next(p for p in self.app.train.partitions if p.path == path)
+            problems = check_partition(path, info, self.app.train.raw.get("labels") == "binary")
+            if problems:
+                raise PartitionError("; ".join(problems))
+            self.verified.add(path)
         mb_rows = self.app.minibatch
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         keep: list[Batch] | None = [] if self.app.epochs > 1 else None
