@@ -93,7 +93,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.job}: valid; app {cfg.job.app!r}, output {cfg.job.output!r}")
     queue = app.work_queue()
-    if queue is not None and getattr(queue, "partitions", None) is not None:
+    from .data.queue import PartitionQueue, partition_warning
+    if isinstance(queue, PartitionQueue):
         print(f"  work queue: {len(queue.partitions)} partition(s) x {queue.epochs} epoch(s)")
     if args.np is not None:
         try:
@@ -104,7 +105,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         workers = len(layout.workers)
         print(f"  with {args.np} ranks: 1 scheduler, {len(layout.servers)} server(s), "
               f"{workers} worker(s)")
-        from .data.queue import partition_warning
         warning = partition_warning(queue, workers)
         if warning:
             print(f"  warning: {warning}")

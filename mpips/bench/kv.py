@@ -136,11 +136,12 @@ class KVBench(App):
         w, nw = po.worker_index(), po.num_workers
         rows = []
         window = self.b.window
-        if self.b.background_keys:
-            share = self.b.background_keys // nw
-            ids = np.arange(share, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
-            kv.wait(kv.push(np.sort(hash_feature(ids, salt=1 << 40)),
-                            np.zeros((share, self.b.vdim), np.float32)))
+        # this worker's share of the keys stored first (fresh lists draw from them too)
+        share = self.b.background_keys // nw
+        ids = np.arange(share, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
+        background = np.sort(hash_feature(ids, salt=1 << 40))
+        if background.size:
+            kv.wait(kv.push(background, np.zeros((share, self.b.vdim), np.float32)))
         for nkeys in request_sizes(self.b.min_keys, self.b.keys):
             keys = self._keys(nkeys, w, nw)
             vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
@@ -149,24 +150,9 @@ class KVBench(App):
             kv.wait(kv.pull(keys, outs[0]))  # then remember where they are
             reps = max(self._repeat(nkeys), window)
             if self.b.fresh:
-                rows += self._fresh(po, kv, keys, reps, outs)
+                rows += self._fresh(po, kv, keys, background, reps, outs)
             for op in OPS:
-                po.barrier(WORKERS)
-                t = time.perf_counter()
-                inflight: list[int] = []
-                for i in range(reps):
-                    if len(inflight) == window:
-                        kv.wait(inflight.pop(0))
-                    out = outs[i % window]
-                    if op == "push":
-                        inflight.append(kv.push(keys, vals))
-                    elif op == "pull":
-                        inflight.append(kv.pull(keys, out))
-                    else:
-                        inflight.append(kv.pushpull(keys, vals, out))
-                kv.wait_all()
-                kv_time = time.perf_counter() - t
-                po.barrier(WORKERS)
+                kv_time = self._timed(po, kv, op, [keys] * reps, vals, outs)
                 mpi_time = self._raw(po, keys, op, reps)
                 row = {"op": op, "keys": nkeys, "reps": reps, "kv_time": kv_time,
                        "mpi_time": mpi_time, "lists": "repeated"}
@@ -177,35 +163,44 @@ class KVBench(App):
                 rows.append(row)
         return {"rows": rows}
 
-    def _fresh(self, po: Postoffice, kv: KVWorker, keys: np.ndarray, reps: int,
-               outs: list[np.ndarray]) -> list[dict[str, Any]]:
+    def _timed(self, po: Postoffice, kv: KVWorker, op: str, lists: list[np.ndarray],
+               vals: np.ndarray, outs: list[np.ndarray]) -> float:
+        """Seconds for one request of ``op`` per key list, ``window`` in flight,
+        between two barriers of the workers."""
+        window = self.b.window
+        po.barrier(WORKERS)
+        t = time.perf_counter()
+        inflight: list[int] = []
+        for i, keys in enumerate(lists):
+            if len(inflight) == window:
+                kv.wait(inflight.pop(0))
+            out = outs[i % window]
+            if op == "push":
+                inflight.append(kv.push(keys, vals))
+            elif op == "pull":
+                inflight.append(kv.pull(keys, out))
+            else:
+                inflight.append(kv.pushpull(keys, vals, out))
+        kv.wait_all()
+        spent = time.perf_counter() - t
+        po.barrier(WORKERS)
+        return spent
+
+    def _fresh(self, po: Postoffice, kv: KVWorker, keys: np.ndarray, background: np.ndarray,
+               reps: int, outs: list[np.ndarray]) -> list[dict[str, Any]]:
         """pull and pushpull, each request a new sorted list of ``keys.size``
         keys drawn from what this worker stored (this size's keys and its share
         of the background keys): every request makes the servers search."""
         nkeys, window = keys.size, self.b.window
-        share = self.b.background_keys // po.num_workers
-        w, nw = po.worker_index(), po.num_workers
-        ids = np.arange(share, dtype=np.uint64) * np.uint64(nw) + np.uint64(w)
-        pool = np.concatenate([keys, np.sort(hash_feature(ids, salt=1 << 40))])
-        rng = np.random.default_rng([nkeys, w])
+        pool = np.concatenate([keys, background])
+        rng = np.random.default_rng([nkeys, po.worker_index()])
         lists = max(window + 1, min(reps, int(3e7 // nkeys)))  # memory: 3e7 keys at most
         fresh = [np.sort(pool[rng.choice(pool.size, nkeys, replace=False)])
                  for _ in range(lists)]
         vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
         rows = []
         for op in ("pull", "pushpull"):
-            po.barrier(WORKERS)
-            t = time.perf_counter()
-            inflight: list[int] = []
-            for i in range(lists):
-                if len(inflight) == window:
-                    kv.wait(inflight.pop(0))
-                out = outs[i % window]
-                inflight.append(kv.pull(fresh[i], out) if op == "pull" else
-                                kv.pushpull(fresh[i], vals, out))
-            kv.wait_all()
-            kv_time = time.perf_counter() - t
-            po.barrier(WORKERS)
+            kv_time = self._timed(po, kv, op, fresh, vals, outs)
             rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
                          "mpi_time": self._raw(po, keys, op, lists), "lists": "fresh"})
         return rows

@@ -206,9 +206,9 @@ def split_by_size(sizes: list[int], ranks: int) -> list[list[int]]:
 
 def partition_warning(queue: object, workers: int) -> str | None:
     """A data set with fewer partitions than workers leaves workers idle."""
-    parts = getattr(queue, "partitions", None)
-    if parts is None or queue.everyone or len(parts) >= workers:
+    if not isinstance(queue, PartitionQueue) or len(queue.partitions) >= workers:
         return None
+    parts = queue.partitions
     return (f"{len(parts)} partition(s) for {workers} workers: {workers - len(parts)} "
             "worker(s) will wait idle each epoch; convert with a smaller "
             "--rows-per-partition to use them all")

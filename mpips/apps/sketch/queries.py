@@ -76,9 +76,9 @@ def check_query(query: Any) -> dict[str, Any]:
 
 
 def query_keys(query: dict[str, Any]) -> tuple[list[Any], np.ndarray]:
-    """The items a query names and their keys: ``ids`` (integers, hashed as the
-    job hashes them), ``strings`` (FNV-1a 64, then hashed) or raw ``keys``."""
-    query = check_query(query)
+    """The items a checked query (:func:`check_query`) names and their keys:
+    ``ids`` (integers, hashed as the job hashes them), ``strings`` (FNV-1a 64,
+    then hashed) or raw ``keys``."""
     items: list[Any] = []
     keys = [np.empty(0, np.uint64)]
     if query.get("ids"):
@@ -112,10 +112,11 @@ def make_answer(query: dict[str, Any], items: list[Any], keys: np.ndarray,
 
 def answer_saved(sketch_dir: str | Path, query: dict[str, Any]) -> dict[str, Any]:
     """Answer a query from a finished job's saved sketch."""
+    query = check_query(query)
     saved = SavedSketch(sketch_dir)
     items, keys = query_keys(query)
     est = saved.estimate(keys)
-    tk, te = saved.top(int(query.get("top", 0)))
+    tk, te = saved.top(query["top"])
     return make_answer(query, items, keys, est, tk, te, saved.total,
                        saved.index["epsilon"], "saved")
 
@@ -218,6 +219,7 @@ class LiveQueries:
             self.answered += 1
 
     def answer(self, q: dict[str, Any]) -> dict[str, Any]:
+        q = check_query(q)
         items, keys = query_keys(q)
         order = np.argsort(keys, kind="stable")
         uniq, inverse = np.unique(keys[order], return_inverse=True)
@@ -225,7 +227,7 @@ class LiveQueries:
             np.empty(0, np.int64)
         est = np.empty(keys.size, np.int64)
         est[order] = est_sorted[inverse]
-        k = check_query(q)["top"]
+        k = q["top"]
         answers = self.po.ask(self.po.layout.servers, Command(TOP, {"k": k}))
         tk, te = merge_top([np.empty(0, np.uint64) if a.keys is None else a.keys
                             for a in answers],
