@@ -29,6 +29,7 @@ import numpy as np
 from ..filters.base import signature
 from ..handles import Add
 from ..keys import check_keys, hash_feature, strictly_increasing
+from ..kv.index import search_kernel_line
 from ..kv.store import Signed, SortedStore
 from ..ring import KeyRing
 from ..transport.message import GATHER_MIN_BYTES, Message, Op, decode, encode
@@ -130,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print("bench path: one pushpull of N random keys (vdim 1 float32, a store of 2N keys), "
           "each stage alone, best of several runs, in microseconds; no MPI (bench kv "
-          "measures the transfer and the overlap)")
+          "measures the transfer and the overlap)"
+          f"; new lists searched by {search_kernel_line()}")
     results = {n: stages(n) for n in sizes}
     names = list(next(iter(results.values())))
     print(f"{'stage':42s}" + "".join(f"{n:>12d}" for n in sizes))

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..handles import AdaGrad, Add
 from ..keys import hash_feature
+from ..kv.index import search_kernel_line
 from ..kv.store import SortedStore
 from . import append_jsonl
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print("bench store: SortedStore, vdim 1 float32, random hashed keys; inserts are new "
           f"keys in sorted batches of {int(args.batch)}; lookups and updates of "
-          f"{int(args.batch)} random stored keys")
+          f"{int(args.batch)} random stored keys"
+          f"; new lists searched by {search_kernel_line()}")
     print("B/param: bytes of the stored rows per parameter (key included); RSS: the "
           "growth of this process's resident memory while filling, per parameter; "
           "reserved: address space of the buffers (spare rows are never touched)")

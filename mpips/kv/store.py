@@ -3,7 +3,9 @@
 No Python object per key: keys, values (n, vdim) and each per-key state (an
 optimizer accumulator) are one buffer each, holding a sorted main run and a
 small sorted delta of the keys added since the last compaction (see
-:class:`SortedStore`). Lookup is a ``searchsorted`` in each; new keys of a
+:class:`SortedStore`). Lookup is a search in each: the main run's through
+its radix index (:mod:`mpips.kv.index`) once it is searched enough for the
+index to pay, the delta's a ``searchsorted``; new keys of a
 request are merged in at once, in place: the buffers keep spare rows
 (address space the OS backs only when written), and stored rows move right
 chunk by chunk, so no buffer of the store's size is allocated per insert
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..handles import Handle
+from .index import COMPILED_MIN_RUN, RadixIndex, prepare_compiled_search
 
 # Slots kept for repeated key lists, per store, at least (8 bytes each, plus
 # the keys of lists not named by a signature); a store of more keys keeps as
@@ -144,6 +147,10 @@ def merge_in_place(bufs: list[np.ndarray], n: int, new_pos: np.ndarray,
                 dst[local] = fill[lo:hi] if isinstance(fill, np.ndarray) else fill
 
 
+# A main run gets its radix index (kv/index.py) once keys searched in it
+# since it last changed reach this fraction of it.
+INDEX_AFTER = 0.25
+
 # The delta (new keys since the last compaction) is merged into the main run
 # when it holds more than max(DELTA_MIN, main / DELTA_FRACTION) rows.
 DELTA_MIN = 1 << 16
@@ -182,6 +189,11 @@ class SortedStore:
             OrderedDict()
         self._slot_entries = 0
         self.slot_cache_hits = 0
+        # The main run's radix index, built once the keys searched in it since
+        # it last changed reach INDEX_AFTER of its size (the build costs about
+        # one search of a quarter of the run: it pays once that many came).
+        self._index: RadixIndex | None = None
+        self._searched_since_change = 0
 
     def __len__(self) -> int:
         return self._main + self._delta
@@ -266,7 +278,7 @@ class SortedStore:
         main, delta = self._main, self._delta
         bufs = self._row_bufs()
         dkeys = self._kbuf[main: main + delta]
-        dpos = search_sorted(self._kbuf[:main], dkeys)
+        dpos = self._search_main(dkeys)
         m = new_keys.size
         rows = [b[main: main + delta] for b in bufs[1:]]
         if m:  # the union of two disjoint sorted runs, rows alongside
@@ -279,6 +291,7 @@ class SortedStore:
             keys, upos = dkeys.copy(), dpos
             rows = [r.copy() for r in rows]  # out of the way of the merge
         merge_in_place(bufs, main, upos, [keys, *rows])
+        self._main_changed()
         self._main, self._delta = main + delta + m, 0
         self.version += 1
         self.compactions += 1
@@ -316,6 +329,7 @@ class SortedStore:
             # by the number of new keys before it
             merge_in_place(self._row_bufs(), main, new_main_pos,
                            [new_keys, *self._init_fills()])
+            self._main_changed()
             self._main += m
             return main_pos + (np.arange(m) if all_new else np.cumsum(missing) - missing)
         if not many and delta + m <= limit:
@@ -341,6 +355,27 @@ class SortedStore:
         return slots
 
     # ---- lookup --------------------------------------------------------------
+    def _main_changed(self) -> None:
+        self._index = None
+        self._searched_since_change = 0
+
+    def _search_main(self, keys: np.ndarray) -> np.ndarray:
+        """``np.searchsorted`` of sorted ``keys`` in the main run: through its
+        radix index where it has one, else by :func:`search_sorted` (and the
+        index built once enough keys were searched for it to pay)."""
+        stored = self._kbuf[: self._main]
+        if self._index is None and stored.size >= 1024:
+            self._searched_since_change += keys.size
+            if self._searched_since_change >= INDEX_AFTER * stored.size:
+                self._index = RadixIndex.build(stored)
+                if self._index is not None and stored.size >= COMPILED_MIN_RUN:
+                    prepare_compiled_search()
+                # uneven keys (no index): do not try again before the next change
+                self._searched_since_change = -(1 << 62) if self._index is None else 0
+        if self._index is not None:
+            return self._index.search(stored, keys)
+        return search_sorted(stored, keys)
+
     def _run(self, keys: np.ndarray) -> slice | None:
         """The slots of ``keys`` if they are a contiguous run of stored rows."""
         for lo, hi in ((0, self._main), (self._main, self._main + self._delta)):
@@ -362,7 +397,7 @@ class SortedStore:
         """Slots, found mask, and each key's position in the main run."""
         main, delta = self._main, self._delta
         stored = self._kbuf[:main]
-        main_pos = search_sorted(stored, keys)
+        main_pos = self._search_main(keys)
         found = np.take(stored, main_pos, mode="clip") == keys if main else \
             np.zeros(keys.size, dtype=bool)
         slots = main_pos
