@@ -303,8 +303,8 @@ section("transport", {
                       positive),
     "idle_sleep": Option(float, 2e-4, "longest sleep between polls of an idle rank (s)",
                          non_negative),
-    "heartbeat_interval": Option(float, 1.0, "seconds between a waiting rank's heartbeats",
-                                 positive),
+    "heartbeat_interval": Option(float, 1.0, "seconds between a rank's heartbeats (sent "
+                                 "by a thread: a rank computing still beats)", positive),
     "heartbeat_timeout": Option(float, 60.0, "seconds of silence after which the scheduler "
                                 "takes a rank for hung (gone under ULFM, else the job "
                                 "stops)", positive),

@@ -10,6 +10,7 @@ prints rank, role and cause once and takes the whole job down.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -44,6 +45,7 @@ class Command:
 
 
 ALL, WORKERS = 0, 1  # barrier groups
+END_RANK = "mpips.end_rank"  # command: SIGKILL a rank of this host taken for gone
 _REPLIES = (Op.PUSH_ACK, Op.PULL_REPLY, Op.ERROR)
 
 
@@ -104,6 +106,11 @@ class Postoffice:
         self.task_inbox: list[dict[str, Any] | None] = []
         self._workers_at_barrier: list[int] | None = None
         self.started = time.monotonic()
+        # heartbeats from a thread (a rank computing is still alive); where
+        # the MPI cannot serve two threads, from the wait loops (heartbeat())
+        self.beats_from_thread = self.van.start_liveness(self.layout.scheduler,
+                                                         self.heartbeat_interval)
+        self.on_command(END_RANK, self._end_rank)
 
     # ---- identity ------------------------------------------------------------
     @property
@@ -148,8 +155,9 @@ class Postoffice:
             self._last_heartbeat = time.monotonic()  # any message says "alive"
 
     def heartbeat(self) -> None:
-        """Tell the scheduler this rank lives, if it has not heard so lately."""
-        if self.is_scheduler:
+        """Tell the scheduler this rank lives, if it has not heard so lately
+        (where no heartbeat thread does it)."""
+        if self.is_scheduler or self.beats_from_thread:
             return
         if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
             self.send(self.layout.scheduler, Message(op=Op.HEARTBEAT))
@@ -286,6 +294,26 @@ class Postoffice:
                   "stops. Restart it with --resume to continue from the last checkpoint.",
                   file=sys.stderr, flush=True)
         self.van.finalize_and_exit(1)
+
+    def end_rank(self, rank: int) -> str | None:
+        """SIGKILL ``rank``'s process, if it runs on this rank's host (the
+        scheduler ends ranks it took for gone: a stopped process would hold
+        every survivor's shutdown). Returns how it went, None if not here."""
+        if self.layout.hosts[rank] != self.layout.hosts[self.rank] or not self.van.pids:
+            return None
+        pid = self.van.pids[rank]
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return f"pid {pid} had already ended"
+        except PermissionError as e:
+            return f"pid {pid} could not be ended: {e}"
+        return f"pid {pid} killed"
+
+    def _end_rank(self, command: Command) -> None:
+        result = self.end_rank(int(command.args["rank"]))
+        print(f"mpips: {self.who}: rank {command.args['rank']} taken for gone by the "
+              f"scheduler: {result or 'not on this host'}", flush=True)
 
     def wait_until(self, done: Callable[[], bool], what: Callable[[], str],
                    timeout: float | None = None,

@@ -88,10 +88,39 @@ def test_server_death_without_replication_stops_the_job(tmp_path):
 
 
 def test_a_hung_rank_is_caught_by_heartbeats():
+    """Without ULFM: a stopped worker fails the job, naming it."""
     proc = run_mpi(4, "python", "tests/progs/kv_job.py", "raise", "layout.servers=1",
                    "transport.heartbeat_timeout=3", timeout=60, env={"MPIPS_TEST_HANG": "1"})
     assert proc.returncode != 0
-    assert "rank 2 (worker 0) sent nothing for 3 s" in proc.stderr
+    assert "rank 2 (worker 0) is silent: its heartbeat thread sent nothing for 3 s" \
+        in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_stopped_server_is_taken_for_gone_ended_and_the_job_finishes(tmp_path):
+    """SIGSTOP, not SIGKILL: MPI sees nothing, the heartbeats fall silent. The
+    scheduler takes the server for gone, ends its process (else every
+    survivor's shutdown would wait for it forever), the counts stay exact."""
+    proc = run_mpi(6, "python", "tests/progs/kv_job.py", "counts", "layout.servers=3",
+                   "layout.replication=1", f"job.output={tmp_path}",
+                   "transport.heartbeat_timeout=3", "transport.timeout=30", ft=True,
+                   timeout=120, env={"MPIPS_TEST_KILL": "8:2", "MPIPS_TEST_SIGNAL": "STOP"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and out.count("keys exact") == 2, out[-4000:]
+    assert "rank 2 (server 1) is silent: its heartbeat thread sent nothing for 3 s: " \
+        "taken for gone; pid" in out and "killed" in out, out[-4000:]
+    assert "survived the loss of rank(s) [2]" in out
+
+
+def test_a_rank_computing_longer_than_the_heartbeat_timeout_is_alive(tmp_path):
+    """Heartbeats come from a thread: 8 s of pure Python with no MPI call,
+    against a 3 s timeout, is work, not death."""
+    proc = run_mpi(5, "python", "tests/progs/kv_job.py", "counts", "layout.servers=2",
+                   f"job.output={tmp_path}", "transport.heartbeat_timeout=3", ft=True,
+                   timeout=120, env={"MPIPS_TEST_BUSY": "8"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and out.count("keys exact") == 2, out[-4000:]
+    assert "worker 1 computed for 8 s" in out
+    assert "silent" not in out and "survived the loss" not in out, out[-4000:]
 
 
 def test_without_ulfm_the_job_says_recovery_is_checkpoint_restart(tmp_path):

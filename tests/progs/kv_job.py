@@ -9,7 +9,10 @@ Modes:
           final count, empty key lists work, keys 0 and 2**64-1 work, unsorted
           and duplicate keys are rejected. Any mismatch raises: the job fails.
           With MPIPS_TEST_KILL="ROUND:RANK[+RANK...],..." worker 0 SIGKILLs those
-          server ranks when it reaches those rounds (under mpiexec --with-ft ulfm).
+          server ranks when it reaches those rounds (under mpiexec --with-ft ulfm);
+          MPIPS_TEST_SIGNAL=STOP sends SIGSTOP instead (a frozen process: only
+          its silence tells). MPIPS_TEST_BUSY=S: worker 1 computes for S seconds
+          at round 5 without any MPI call (a busy rank is alive).
   raise   worker 1 raises after a few requests; the job must end at once.
   flush   one worker pushes small random values task by task through the
           significant filter (threshold far above one push): after every push,
@@ -86,9 +89,18 @@ class CountsJob(App):
         return [Table("c", 1, "float32", Add()), Table("rows", 3, "float64", Add())]
 
     def _kill(self, ranks: list[int]) -> None:
+        sig = getattr(signal, "SIG" + os.environ.get("MPIPS_TEST_SIGNAL", "KILL"))
         for rank in ranks:
-            os.kill(pid_of_rank(rank), signal.SIGKILL)
-            print(f"killed rank {rank} at {time.time():.6f}", flush=True)
+            os.kill(pid_of_rank(rank), sig)
+            print(f"killed rank {rank} at {time.time():.6f} ({sig.name})", flush=True)
+
+    @staticmethod
+    def _compute(seconds: float) -> int:
+        """Pure Python work, no MPI call, for ``seconds``."""
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            n += sum(i * i for i in range(1000)) & 1
+        return n
 
     def run_worker(self, po):
         seed = self.cfg.job.seed
@@ -102,6 +114,9 @@ class CountsJob(App):
                 time.sleep(0.02)  # spread the run over the failure handling
                 if po.worker_index() == 0 and i in plan:
                     self._kill(plan[i])
+            if os.environ.get("MPIPS_TEST_BUSY") and po.worker_index() == 1 and i == 5:
+                self._compute(float(os.environ["MPIPS_TEST_BUSY"]))
+                print(f"worker 1 computed for {os.environ['MPIPS_TEST_BUSY']} s", flush=True)
             ones = np.ones((keys.size, 1), np.float32)
             if i % 3 == 2:
                 got = c.wait(c.pushpull(keys, ones))[:, 0]
@@ -292,7 +307,7 @@ class RaiseJob(App):
 
     def run_worker(self, po):
         if os.environ.get("MPIPS_TEST_HANG") and po.worker_index() == 0:
-            time.sleep(3600)  # hangs without dying: only heartbeats can tell
+            os.kill(os.getpid(), signal.SIGSTOP)  # frozen, not dead: only silence tells
         c = KVWorker(po, "c")
         keys = np.sort(mix64(np.arange(1000, dtype=np.uint64)))
         for i in range(10**6):
