@@ -138,8 +138,10 @@ class App:
         """On the scheduler: app state to keep in a checkpoint (JSON-able)."""
         return {}
 
-    def restore_state(self, state: dict[str, Any]) -> None:
-        """On the scheduler: continue from ``checkpoint_state`` output."""
+    def restore_state(self, state: dict[str, Any], counters: dict[str, float]) -> None:
+        """On the scheduler: continue from ``checkpoint_state`` output;
+        ``counters``: the workers' progress counters summed at that checkpoint
+        (workers continue from their own: :meth:`Postoffice.resumed_counters`)."""
 
     def finish(self, po: Postoffice, workers: list[dict[str, Any]],
                servers: list[dict[str, Any]], elapsed: float) -> None:

@@ -46,6 +46,9 @@ class Command:
 
 ALL, WORKERS = 0, 1  # barrier groups
 END_RANK = "mpips.end_rank"  # command: SIGKILL a rank of this host taken for gone
+# command to the scheduler: this worker's progress counters at the checkpoint
+# the job resumed from
+RESUMED_COUNTERS = "mpips.resumed_counters"
 _REPLIES = (Op.PUSH_ACK, Op.PULL_REPLY, Op.ERROR)
 
 
@@ -96,6 +99,7 @@ class Postoffice:
         self._stats: dict[tuple[str, ...], Callable[[], dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []  # the scheduler's event log
         self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
+        self.stop_requested_at = 0.0  # time.monotonic() of that signal
         self._last_heartbeat = time.monotonic()
         self._commands: dict[str, Callable[[Command], Command | None]] = {}
         self._answers: dict[int, Command] = {}  # command id -> answer
@@ -256,7 +260,7 @@ class Postoffice:
         for observe in self.observers:
             observe(msg)
         if msg.op == Op.ABORT:
-            raise JobAborted(1)
+            raise JobAborted(msg.aux or 1)  # the failing rank's exit code, for every rank
         if msg.op == Op.PREEMPT:
             raise JobPreempted()
         if msg.op == Op.RELEASE:
@@ -381,6 +385,14 @@ class Postoffice:
         self.send(self.layout.scheduler, Message(
             op=Op.TASK_REQ, meta=Message.jmeta({"done": done, "want": want})))
 
+    def resumed_counters(self) -> dict[str, Any]:
+        """A worker of a resumed job: its progress counters as the scheduler
+        last had them at the checkpoint (empty if the job did not resume), so
+        that counts go on from there instead of from zero."""
+        if not self.cfg.checkpoint.resume:
+            return {}
+        return self.ask([self.layout.scheduler], Command(RESUMED_COUNTERS))[0].args
+
     def report(self, counters: dict[str, Any]) -> None:
         """Send progress counters to the scheduler (summed over workers)."""
         self.send(self.layout.scheduler, Message(op=Op.REPORT, meta=Message.jmeta(counters)))
@@ -388,11 +400,12 @@ class Postoffice:
     def fail(self, exc: BaseException) -> None:
         """Print rank, role and cause once, stop every rank, exit non-zero."""
         if isinstance(exc, JobAborted):
-            self.van.finalize_and_exit(1)
+            self.van.finalize_and_exit(int(exc.code or 1))
         cause = f"{type(exc).__name__}: {exc}"
         text = f"mpips: {self.who} failed: {cause}"
         if os.environ.get("MPIPS_TRACEBACK"):
             traceback.print_exc()
         print(text, file=sys.stderr, flush=True)
-        self.van.abort_all(text)
-        self.van.finalize_and_exit(1)
+        code = getattr(exc, "exit_code", 1)
+        self.van.abort_all(text, code)
+        self.van.finalize_and_exit(code)

@@ -83,6 +83,7 @@ def _signals(po: Postoffice) -> None:
     writes a checkpoint and stops the job; the other ranks wait for it."""
     def request_stop(signum, frame):
         po.stop_requested = signal.Signals(signum).name
+        po.stop_requested_at = time.monotonic()
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, request_stop if po.is_scheduler else signal.SIG_IGN)

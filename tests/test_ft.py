@@ -111,6 +111,20 @@ def test_a_stopped_server_is_taken_for_gone_ended_and_the_job_finishes(tmp_path)
     assert "survived the loss of rank(s) [2]" in out
 
 
+def test_sigterm_after_a_loss_is_a_failure_to_requeue_not_a_preemption(tmp_path):
+    """What Open MPI's launcher does when a host dies: the host's ranks fail,
+    then every survivor gets SIGTERM. That is not a preemption: no
+    checkpoint, exit 75 (requeue and resume), one message naming the loss."""
+    proc = run_mpi(6, "python", "tests/progs/kv_job.py", "counts", "layout.servers=3",
+                   "layout.replication=1", f"job.output={tmp_path}", "transport.timeout=30",
+                   ft=True, timeout=120, env={"MPIPS_TEST_KILL": "8:2", "MPIPS_TEST_TERM": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 75, (proc.returncode, out[-4000:])
+    assert out.count("SIGTERM after rank(s) [2] failed") == 1, out[-4000:]
+    assert "not a preemption" in out and "no checkpoint was written yet" in out
+    assert "writing a checkpoint" not in out and "keys exact" not in out
+
+
 def test_a_rank_computing_longer_than_the_heartbeat_timeout_is_alive(tmp_path):
     """Heartbeats come from a thread: 8 s of pure Python with no MPI call,
     against a 3 s timeout, is work, not death."""

@@ -190,3 +190,56 @@ def test_real_data_reaches_the_target(tmp_path, job, train_file, test_file, rows
     final = metrics(out)[-1]
     print(f"{job}: test {key} {final[key]:.4f} (target {target})")
     assert final[key] >= target
+
+
+def test_resumed_training_keeps_metrics_and_counts_every_example_once(ctr, tmp_path):
+    """SIGUSR1 mid-run (checkpoint, stop), then train --resume: metrics.jsonl
+    keeps the first run's lines, every test round is scored once over the
+    whole test set (not added again onto the restored sums), and the counts
+    go on from the checkpoint's."""
+    import signal
+    import subprocess
+    import threading
+
+    from tests.mpitools import mpi_env, mpiexec_cmd
+
+    out = tmp_path / "run"
+    args = ["python", "-m", "mpips", "train", str(ROOT / "jobs" / "demo.toml"),
+            "-o", f"job.output={out}", *[a for o in ctr_job(ctr) for a in ("-o", o)],
+            "-o", "data.epochs=8", "-o", "linear.eval_every=1",
+            "-o", "checkpoint.every_tasks=4", "-o", "job.progress_interval=0.2",
+            "-o", "linear.report_interval=0.1"]
+    proc = subprocess.Popen(mpiexec_cmd(4, *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=mpi_env(), cwd=ROOT)
+    guard = threading.Timer(120, proc.kill)
+    guard.start()
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "checkpoint 0 written" in line:
+                proc.send_signal(signal.SIGUSR1)  # mpiexec passes it to every rank
+                break
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        guard.cancel()
+        proc.kill()
+    first = "".join(seen) + rest
+    assert proc.returncode == 0 and "stopped on SIGUSR1: checkpoint 1 is written" in first, \
+        first[-3000:]
+    before = metrics(out)
+    assert any(m["split"] == "train" for m in before), first[-3000:]
+    assert all(m["rows"] == 20000 for m in before if m["split"] == "test")
+    again = run_mpi(4, *args, "-o", "checkpoint.resume=true", timeout=120)
+    text = again.stdout + again.stderr
+    assert again.returncode == 0 and "resumed from checkpoint 1" in text, text[-3000:]
+    after = metrics(out)
+    assert after[: len(before)] == before  # the first run's lines are kept
+    tests = [m for m in after if m["split"] == "test"]
+    assert all(m["rows"] == 20000 for m in tests), [m["rows"] for m in tests]
+    rounds = [m["round"] for m in tests]
+    assert sorted(rounds) == list(range(8)), rounds  # each round once, none lost
+    assert tests[-1]["final"] and tests[-1]["examples"] == 8 * 80000, tests[-1]
+    assert f"{8 * 80000} examples in" in text, text[-2000:]
+    resumed_train = [m for m in after[len(before):] if m["split"] == "train"]
+    assert resumed_train and resumed_train[0]["examples"] >= 80000, resumed_train[:1]

@@ -289,6 +289,13 @@ if a.resume:
     sys.exit(0)
 
 step = 0
+if os.environ.get("STUB_LOST"):
+    # what mpips train does when a host is lost: exit 75, requeue to resume
+    with open(ckpt, "w") as f:
+        f.write("0")
+    print(f"rank {rank} training; lost a host: exit 75", flush=True)
+    sys.exit(75)
+
 def on_signal(sig, frame):
     with open(ckpt + ".tmp", "w") as f:
         f.write(str(step))
@@ -351,6 +358,24 @@ def test_signal_checkpoint_requeue_resume_structure(slurm: Cluster, tmp_path: Pa
     for r in range(3):
         assert (tmp_path / f"ckpt.{r}").is_file(), text
         assert f"rank {r} resumed from step" in text, text
+
+
+def test_a_job_that_lost_a_host_is_requeued_and_resumes(slurm: Cluster, tmp_path: Path) -> None:
+    """mpips train exits 75 when ranks or a host were lost (no signal came to
+    the script): train.sbatch requeues the job and the next run resumes."""
+    home = _stub_home(tmp_path)
+    out = tmp_path / "stub.out"
+    env = {**slurm.env, "STUB_DIR": str(tmp_path), "STUB_LOST": "1"}
+    jobid = slurm.sbatch(home / "slurm" / "train.sbatch", str(home / "job.toml"),
+                         opts=("-n", "2", "-t", "5", "-o", str(out), "-D", str(home)),
+                         env=env)
+    slurm.wait_for_text(out, "requeueing job", jobid)
+    slurm.release(jobid)
+    info = slurm.wait(jobid, {"COMPLETED"}, timeout=60, restarts=1)
+    text = out.read_text()
+    assert info["Restarts"] == "1", text
+    assert "lost ranks or a host (exit 75): requeueing to resume" in text, text
+    assert "rank 0 resumed from step 0" in text, text
 
 
 @pytest.mark.skipif(not _has_resume() or not DEMO_JOB.is_file(),

@@ -7,9 +7,9 @@ from __future__ import annotations
 class Deltas:
     """The change of summed counters between two progress lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: dict[str, float] | None = None) -> None:
         self._elapsed = 0.0
-        self._totals: dict[str, float] = {}
+        self._totals: dict[str, float] = dict(start or {})  # a resumed job's counters
 
     def step(self, totals: dict[str, float], elapsed: float) -> tuple[dict[str, float], float]:
         """(change of each counter since the last call, seconds since): the

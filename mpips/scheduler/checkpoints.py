@@ -9,8 +9,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import checkpoint as ckpt
-from ..postoffice import JobPreempted
+from ..postoffice import RESUMED_COUNTERS, Command, JobPreempted
 from ..transport import Message, Op
+from .failures import PeersLost
+
+# Seconds a SIGTERM waits for failure reports before it is taken for a preemption.
+TERM_GRACE = 1.0
 
 if TYPE_CHECKING:
     from .core import Scheduler
@@ -41,6 +45,13 @@ class Checkpoints:
         self.files: dict[int, dict[str, Any]] | None = None  # writing: rank -> entry
         self.preempt_after = False  # stop the job once the checkpoint is written
         self.loaded: set[int] = set()
+        # worker index -> its counters at the checkpoint resumed from
+        self.resumed_counters: dict[str, dict[str, Any]] = {}
+        po.on_command(RESUMED_COUNTERS, self._counters_of)
+
+    def _counters_of(self, asked: Command) -> Command:
+        index = self.po.layout.workers.index(asked.sender)
+        return Command(RESUMED_COUNTERS, self.resumed_counters.get(str(index), {}))
 
     def maybe_checkpoint(self, now: float | None = None) -> None:
         """Pause task hand-out when a checkpoint is due; write it once every
@@ -50,6 +61,16 @@ class Checkpoints:
         tasks = self.sched.tasks
         queue = tasks.queue
         if self.po.stop_requested and not self.preempt_after:
+            if self.po.stop_requested == "SIGTERM":
+                # The launcher also sends SIGTERM when it ends a job after a
+                # lost host: failures show up within moments of it. Wait a
+                # little for them before taking the signal for a preemption.
+                since = now - self.po.stop_requested_at
+                lost = self.sched.failover.loss_before(self.po.stop_requested_at)
+                if lost:
+                    self._peers_lost(lost)
+                if since < TERM_GRACE:
+                    return
             self.preempt_after = True
             print(f"mpips: {self.po.stop_requested}: writing a checkpoint, then stopping",
                   flush=True)
@@ -88,6 +109,10 @@ class Checkpoints:
                      "replication": ring.replication},
             "queue": queue.snapshot(), "app": self.sched.app.checkpoint_state(),
             "workers": list(po.layout.workers),
+            # each worker's counters (it reported them before asking for the
+            # task it waits for): a resumed run counts on from them
+            "counters": {str(i): self.sched.counters.get(r, {})
+                         for i, r in enumerate(po.layout.workers)},
             "config": po.cfg.as_dict()}
         where = ckpt.write_manifest(self.root, self.next_id, manifest,
                                     po.cfg.checkpoint.keep)
@@ -104,6 +129,15 @@ class Checkpoints:
             self._preempt(f"checkpoint {self.next_id - 1} is written; "
                           "continue with train --resume")
         self.sched.tasks.hand_out()
+
+    def _peers_lost(self, lost: str) -> None:
+        written = ckpt.complete_ids(self.root)
+        resume = (f"continue from checkpoint {written[-1]} in {self.root} with train --resume"
+                  if written else
+                  "no checkpoint was written yet: a rerun starts over")
+        self.sched.write_events()
+        raise PeersLost(f"SIGTERM after {lost}: the launcher is ending the job because "
+                        f"of that loss, not a preemption; no checkpoint now. {resume}")
 
     def _preempt(self, why: str) -> None:
         print(f"mpips: stopped on {self.po.stop_requested}: {why}", flush=True)
@@ -127,7 +161,13 @@ class Checkpoints:
         if queue is not None:
             queue.restore(_by_worker_index(manifest, po.layout.workers))
             self.tasks_at = queue.tasks_done
-        self.sched.app.restore_state(manifest.get("app") or {})
+        self.resumed_counters = manifest.get("counters") or {}
+        totals: dict[str, float] = {}
+        for c in self.resumed_counters.values():
+            for k, v in c.items():
+                if isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0.0) + v
+        self.sched.app.restore_state(manifest.get("app") or {}, totals)
         self.next_id = manifest["id"] + 1
         print(f"mpips: resumed from checkpoint {manifest['id']} ({manifest['folder']}): "
               f"{sum(f['keys'] for f in manifest['files'])} keys"

@@ -21,6 +21,24 @@ if TYPE_CHECKING:
 class JobFailed(RuntimeError):
     """The job cannot go on (a failure it cannot recover from)."""
 
+    exit_code = 1
+
+
+# Exit status of a job the launcher ended after ranks or a host were lost
+# (EX_TEMPFAIL): a failure, not a finished or preempted job; slurm/train.sbatch
+# requeues it and the next run resumes from the last checkpoint.
+EXIT_PEERS_LOST = 75
+# A SIGTERM this soon after a rank failure is taken for the launcher ending
+# the job because of it (Open MPI's does so about 3 s after losing a host's
+# daemon), not for a preemption.
+LOSS_BEFORE_TERM = 30.0
+
+
+class PeersLost(JobFailed):
+    """The launcher ends the job after ranks or a host were lost."""
+
+    exit_code = EXIT_PEERS_LOST
+
 
 class Failover:
     def __init__(self, sched: Scheduler):
@@ -29,6 +47,7 @@ class Failover:
         self.hb_timeout = po.cfg.transport.heartbeat_timeout
         self.last_seen = {r: time.monotonic() for r in range(1, po.van.size)}
         self.repairing: set[int] = set()
+        self.failed_at: dict[int, float] = {}  # rank -> time.monotonic() of detection
         self._last_check = 0.0
         po.on(Op.PEER_FAILED, self._peer_failed)
         po.on(Op.REPAIRED, self._repaired)
@@ -83,6 +102,7 @@ class Failover:
         rank = msg.aux
         role = self.po.layout.role(rank)
         who = f"rank {rank} ({self.po.layout.describe(rank)})"
+        self.failed_at[rank] = time.monotonic()
         self.po.event("detected", failed=rank, role=role)
         print(f"mpips: {who} failed", flush=True)
         if role == WORKER:
@@ -91,6 +111,27 @@ class Failover:
         elif role == SERVER:
             self._server_failed(rank, who)
         self.sched.release_barriers()
+
+    def loss_before(self, now: float) -> str | None:
+        """What was lost shortly before ``now`` (a SIGTERM's arrival): whole
+        hosts, or ranks that failed within LOSS_BEFORE_TERM s; None if nothing."""
+        po = self.po
+        dead = po.van.dead
+        hosts = po.layout.hosts
+        lost_hosts = sorted({hosts[r] for r in dead
+                             if all(q in dead for q in range(po.van.size) if hosts[q] == hosts[r])})
+        recent = sorted(r for r, t in self.failed_at.items() if now - t <= LOSS_BEFORE_TERM)
+        if not lost_hosts and not recent:
+            return None
+        names = po.van.hostnames
+        parts = []
+        for h in lost_hosts:
+            ranks = [r for r in range(po.van.size) if hosts[r] == h]
+            parts.append(f"host {names[h] if names else h} (all its ranks: {ranks})")
+        if recent:
+            ago = now - max(self.failed_at[r] for r in recent)
+            parts.append(f"rank(s) {recent} failed {ago:.1f} s before")
+        return "; ".join(parts)
 
     def _server_failed(self, rank: int, who: str) -> None:
         po = self.po

@@ -68,7 +68,7 @@ class Op(enum.IntEnum):
     DONE = 22             # worker -> scheduler: finished its work
     STOP = 23             # scheduler -> server: shut down
     STOPPED = 24          # server -> scheduler: shut down done
-    ABORT = 25            # anyone -> everyone: the job failed (meta: who and why)
+    ABORT = 25            # anyone -> everyone: the job failed (aux: exit code, meta: why)
     REPORT = 26           # rank -> scheduler: progress counters (meta JSON)
     ERROR = 28            # server -> worker: a request was refused (meta: why)
     TASK_REQ = 29         # worker -> scheduler: the next partition (meta: the one done)

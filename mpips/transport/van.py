@@ -36,6 +36,7 @@ This is the only module of mpips that talks to MPI.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -127,6 +128,9 @@ def _bodies(parts: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+HOSTNAME_BYTES = 64  # a host name as gathered at start-up (longer ones are cut)
+
+
 class Van:
     """Framed nonblocking messaging over an MPI communicator."""
 
@@ -145,6 +149,7 @@ class Van:
         self.declared_dead: set[int] = set()
         self.liveness: Heartbeats | None = None
         self.pids: list[int] = []
+        self.hostnames: list[str] = []
         self._events: deque[Message] = deque()
         self.pool = RecvPool(recv_pool_bytes)
         self.coalesce_bytes = coalesce_bytes
@@ -425,6 +430,12 @@ class Van:
         ids = np.empty((self.size, 2), dtype=np.int64)
         self.comm.Allgather(np.array([leader, os.getpid()], dtype=np.int64), ids)
         self.pids = ids[:, 1].tolist()  # to end a rank taken for gone (same host)
+        name = np.zeros(HOSTNAME_BYTES, dtype=np.uint8)
+        mine = socket.gethostname().encode()[:HOSTNAME_BYTES]
+        name[: len(mine)] = np.frombuffer(mine, dtype=np.uint8)
+        names = np.empty((self.size, HOSTNAME_BYTES), dtype=np.uint8)
+        self.comm.Allgather(name, names)
+        self.hostnames = [bytes(row).rstrip(b"\0").decode(errors="replace") for row in names]
         return ids[:, 0].tolist()
 
     def start_liveness(self, scheduler: int, interval: float) -> bool:
@@ -437,13 +448,14 @@ class Van:
         self.liveness.start()
         return True
 
-    def abort_all(self, text: str, grace: float = 1.0) -> None:
-        """Tell every other rank the job failed, then give the sends a moment."""
+    def abort_all(self, text: str, code: int = 1, grace: float = 1.0) -> None:
+        """Tell every other rank the job failed (and the exit code they are to
+        leave with), then give the sends a moment."""
         meta = text.encode()
         for r in range(self.size):
             if r != self.rank:
                 try:
-                    self.send(r, Message(op=Op.ABORT, meta=meta))
+                    self.send(r, Message(op=Op.ABORT, aux=code, meta=meta))
                 except MPI.Exception:
                     pass
         self.flush(grace)

@@ -13,6 +13,8 @@ Modes:
           MPIPS_TEST_SIGNAL=STOP sends SIGSTOP instead (a frozen process: only
           its silence tells). MPIPS_TEST_BUSY=S: worker 1 computes for S seconds
           at round 5 without any MPI call (a busy rank is alive).
+          MPIPS_TEST_TERM=1: after its kills, worker 0 sends SIGTERM to the
+          scheduler, as Open MPI's launcher does after losing a host.
   raise   worker 1 raises after a few requests; the job must end at once.
   flush   one worker pushes small random values task by task through the
           significant filter (threshold far above one push): after every push,
@@ -93,6 +95,8 @@ class CountsJob(App):
         for rank in ranks:
             os.kill(pid_of_rank(rank), sig)
             print(f"killed rank {rank} at {time.time():.6f} ({sig.name})", flush=True)
+        if os.environ.get("MPIPS_TEST_TERM"):
+            os.kill(pid_of_rank(0), signal.SIGTERM)
 
     @staticmethod
     def _compute(seconds: float) -> int:

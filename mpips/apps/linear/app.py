@@ -130,6 +130,7 @@ class LinearApp(App):
         self._written_rounds: set[int] = set()
         self._metrics_path = Path(cfg.job.output) / "metrics.jsonl"
         self._metrics_started = False
+        self._metrics_lines = 0  # lines of metrics.jsonl (a resumed run's included)
 
     def _manifest(self, key: str, required: bool) -> Manifest | None:
         folder = getattr(self.cfg.data, key)
@@ -174,12 +175,33 @@ class LinearApp(App):
         return {"model_shard": str(path)}
 
     # ---- scheduler ----------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"metrics_lines": self._metrics_lines,
+                "written_rounds": sorted(self._written_rounds)}
+
+    def restore_state(self, state: dict[str, Any], counters: dict[str, float]) -> None:
+        """Go on from the checkpoint: rates from its counts, metrics.jsonl
+        from its lines (later ones describe work this run does again), and
+        no test round written twice."""
+        self._deltas = Deltas(counters)
+        self._written_rounds = set(state.get("written_rounds", []))
+        keep = int(state.get("metrics_lines", 0))
+        lines = self._metrics_path.read_text().splitlines(keepends=True) \
+            if self._metrics_path.is_file() else []
+        if len(lines) > keep:
+            print(f"mpips: {self._metrics_path}: {len(lines) - keep} line(s) after the "
+                  "checkpoint dropped (that work is done again)", flush=True)
+            self._metrics_path.write_text("".join(lines[:keep]))
+        self._metrics_lines = min(keep, len(lines))
+        self._metrics_started = True  # go on with the file
+
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
         mode = "a" if self._metrics_started else "w"  # a new run starts a new file
         self._metrics_started = True
         with open(self._metrics_path, mode) as f:
             f.write(json.dumps(record) + "\n")
+        self._metrics_lines += 1
 
     def _epoch_rows(self, workers: int = 1) -> int:
         return self.train_rows * (workers if self.train is None else 1)

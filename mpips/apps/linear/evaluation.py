@@ -41,6 +41,10 @@ SLOT_WORKERS, SLOT_ROWS, SLOT_POS, SLOT_LOSS, SLOT_LOGLOSS, SLOT_CORRECT, SLOT_T
     SLOT_EXAMPLES, SLOT_KEYS = range(9)
 FIRST_BIN = 64
 ROUND_SHIFT = 40  # round r's keys are mix64((r + 1) << 40 | slot or row)
+# Marks in the eval table (a checkpoint holds them with the sums): worker w's
+# shares of a round are in (SLOT_SCORED + w). A resumed job reads them so as
+# not to add a round twice.
+SLOT_SCORED = 1 << 38
 
 
 def round_keys(rnd: int, slots: np.ndarray) -> np.ndarray:
@@ -95,6 +99,8 @@ class Evaluator:
         """Score this worker's test share with the current weights (table
         ``kv``) and add the partial results of round ``epoch`` to the eval tables."""
         lc = self.lc
+        if self.app.cfg.checkpoint.resume and self._scored_before(epoch):
+            return
         nbins = lc.auc_bins
         sums = np.zeros(FIRST_BIN + 2 * nbins)
         row_pushes: list[int] = []
@@ -126,10 +132,23 @@ class Evaluator:
         for ts in row_pushes:
             self.rows_kv.wait(ts)
         # Count this worker in only once its shares are stored.
-        self.eval_kv.wait(self.eval_kv.push(round_keys(epoch, np.array([SLOT_WORKERS])),
-                                            np.ones(1)))
+        marks = round_keys(epoch, np.array([SLOT_WORKERS, SLOT_SCORED + self.index]))
+        order = np.argsort(marks)
+        self.eval_kv.wait(self.eval_kv.push(marks[order], np.ones(2)))
         if self.index == 0:
             self.pending_rounds.append(epoch)
+
+    def _scored_before(self, rnd: int) -> bool:
+        """A resumed job: whether this worker's shares of round ``rnd`` came
+        back with the checkpoint. Then they are not added again; worker 0
+        still reduces the round (reducing only reads it; the scheduler writes
+        each round's line once)."""
+        mark = round_keys(rnd, np.array([SLOT_SCORED + self.index]))
+        if not self.eval_kv.wait(self.eval_kv.pull(mark))[0, 0]:
+            return False
+        if self.index == 0:
+            self.pending_rounds.append(rnd)
+        return True
 
     def reduce_ready_rounds(self, block: bool) -> None:
         """Worker 0: compute the metrics of every round all workers have added."""

@@ -49,6 +49,9 @@ class LinearWorker:
     # ---- the whole job of one worker ----
     def run(self) -> dict[str, Any]:
         ev = self.evaluation
+        resumed = self.po.resumed_counters()
+        self.counters.update({k: resumed[k] for k in ("examples", "loss_sum", "keys")
+                              if k in resumed})
         epoch = 0
         for task_epoch, batches in self._tasks():
             while epoch < task_epoch:  # moved past an epoch: score it (asynchronously)
@@ -90,6 +93,7 @@ class LinearWorker:
             cached = self.batches.get(path)
             yield task["epoch"], iter(cached) if cached is not None else self._read(path)
             self._drain()  # a task is done when its pushes are acknowledged
+            self.report()  # before the next task: a checkpoint then has these counts
             task = self.po.next_task(done=task)
 
     def _read(self, path: str) -> Iterator[Batch]:
