@@ -182,6 +182,17 @@ def parser() -> argparse.ArgumentParser:
     _common(t)
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("run", help="start a job on N ranks with the flags this MPI needs",
+                       description="Checks the job first, then starts mpiexec (or srun) with "
+                                   "the flags the installed MPI needs. Examples: python -m "
+                                   "mpips run -n 4 jobs/news20.toml -o data.epochs=3; "
+                                   "python -m mpips run -n 3 bench kv --keys 1000000. Ctrl-C: "
+                                   "checkpoint and stop (again: end at once).")
+    from .launch import add_arguments as add_run_arguments
+    from .launch import cmd_run
+    add_run_arguments(r)
+    r.set_defaults(func=cmd_run)
+
     b = sub.add_parser("bench", help="benchmarks (kv)",
                        description="Benchmarks that print what they measured.")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")

