@@ -21,10 +21,10 @@ from data_tools.errors import DataError
 from data_tools.formats import FORMATS, ConvertOptions
 from data_tools.formats.base import BadLineBudget
 from data_tools.sources import find_inputs
-from data_tools.writer import PartitionRecord, PartitionSink
-from mpips.data.format import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT
+from mpips.data.format import MANIFEST
 from mpips.data.manifest import write_manifest
 from mpips.data.queue import split_by_size
+from mpips.data.writer import PartitionRecord, PartitionSink, dataset_manifest
 from mpips.transport.collective import Comm
 
 DEFAULT_TARGET_ROWS = 1_000_000
@@ -86,23 +86,6 @@ def _run_rank(comm: Comm, files: list[str], fmt_name: str, options: ConvertOptio
             "hashing": fmt.hashing()}
 
 
-def _manifest(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    parts = sorted((r for res in results for r in res["records"]), key=lambda r: r["name"])
-    first_row = 0
-    for part in parts:
-        part["first_row"] = first_row
-        first_row += part["rows"]
-    rows = sum(p["rows"] for p in parts)
-    positives = sum(p["positives"] for p in parts)
-    return {
-        "format": MANIFEST_FORMAT, "version": FORMAT_VERSION, **meta,
-        "rows": rows, "nnz": sum(p["nnz"] for p in parts),
-        "positives": positives, "label_rate": positives / rows if rows else 0.0,
-        "skipped_lines": sum(r.get("skipped", 0) for r in results),
-        "partitions": parts,
-    }
-
-
 def convert(inputs: list[str], fmt_name: str, options: ConvertOptions, spec: OutputSpec,
             comm: Comm | None = None) -> dict[str, Any]:
     """Convert on every rank of ``comm``; returns the manifest (raises DataError)."""
@@ -156,7 +139,7 @@ def _finish(results: list[dict[str, Any]], meta: dict[str, Any], spec: OutputSpe
     skipped = sum(r.get("skipped", 0) for r in results)
     if not errors and skip_limit and skipped > skip_limit:
         errors.append(f"{skipped} bad lines in all, more than --skip-bad {skip_limit}")
-    manifest = _manifest(results, meta)
+    manifest = dataset_manifest(results, meta)
     if not errors and manifest["rows"] == 0:
         errors.append(f"no rows in the input ({len(meta.get('inputs', []))} file(s), "
                       "all empty?)")

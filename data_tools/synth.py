@@ -33,8 +33,7 @@ import numpy as np
 
 from data_tools.convert import OutputSpec, finish_dataset, prepare_output
 from data_tools.errors import DataError
-from data_tools.formats.base import Block
-from data_tools.writer import PartitionSink
+from mpips.data.writer import Block, PartitionSink
 from mpips.keys import fnv1a64_text, hash_feature, mix64
 from mpips.transport.collective import Comm
 

@@ -60,6 +60,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         extra.append(f"layout.servers={args.servers}")
     if getattr(args, "resume", False):
         extra.append("checkpoint.resume=true")
+    if getattr(args, "init_model", None):
+        extra.append(f"linear.init_model={args.init_model}")
     return extra
 
 
@@ -109,6 +111,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if warning:
             print(f"  warning: {warning}")
     return 0
+
+
+def _check_program(program: list[str], ranks: int) -> int:
+    """For ``mpips run``: parse the ranks' command line here and validate a
+    training job for ``ranks`` ranks, before any rank starts. 0 if it can."""
+    try:
+        args = parser().parse_args(program)
+    except SystemExit as e:  # argparse said why
+        return int(e.code or 2)
+    if program[0] != "train":
+        return 0
+    args.np = ranks
+    return cmd_validate(args)
 
 
 def cmd_bench_kv(args: argparse.Namespace) -> int:
@@ -179,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("job", help="job file (TOML)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint ([checkpoint] dir)")
+    t.add_argument("--init-model", metavar="MODEL_H5",
+                   help="linear jobs: start from this model ([linear] init_model; warm start)")
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -188,10 +205,9 @@ def parser() -> argparse.ArgumentParser:
                                    "mpips run -n 4 jobs/news20.toml -o data.epochs=3; "
                                    "python -m mpips run -n 3 bench kv --keys 1000000. Ctrl-C: "
                                    "checkpoint and stop (again: end at once).")
-    from .launch import add_arguments as add_run_arguments
-    from .launch import cmd_run
-    add_run_arguments(r)
-    r.set_defaults(func=cmd_run)
+    from . import launch
+    launch.add_arguments(r)
+    r.set_defaults(func=lambda args: launch.cmd_run(args, _check_program))
 
     b = sub.add_parser("bench", help="benchmarks (kv)",
                        description="Benchmarks that print what they measured.")

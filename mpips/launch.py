@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,21 +207,9 @@ def program_of(args: list[str]) -> list[str]:
 COMMANDS = ("train", "bench", "predict", "query", "validate", "config", "inspect", "plot")
 
 
-def check_first(program: list[str], ranks: int) -> int:
-    """Parse the ranks' command line here, and validate a training job for
-    ``ranks`` ranks, before any rank starts. 0 if it can start."""
-    from .cli import cmd_validate, parser
-    try:
-        args = parser().parse_args(program)
-    except SystemExit as e:  # argparse said why
-        return int(e.code or 2)
-    if program[0] != "train":
-        return 0
-    args.np = ranks
-    return cmd_validate(args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, check: Callable[[list[str], int], int]) -> int:
+    """``mpips run``; ``check(program, ranks)`` parses the ranks' command line
+    and validates the job before any rank starts (0: it can start)."""
     try:
         program = program_of(args.program)
         ranks = args.ranks if args.ranks is not None else default_ranks(dict(os.environ))
@@ -229,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LaunchError as e:
         print(f"mpips run: {e}", file=sys.stderr)
         return 2
-    code = check_first(program, ranks)
+    code = check(program, ranks)
     if code:
         print("mpips run: the job was not started", file=sys.stderr)
         return code

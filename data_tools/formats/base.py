@@ -22,6 +22,7 @@ import numpy as np
 
 from data_tools.errors import BadLine, DataError
 from data_tools.sources import DEFAULT_CHUNK_BYTES, TextChunk, read_chunks
+from mpips.data.writer import Block  # the rows formats yield, as the writer takes them
 
 FORMATS: dict[str, type[InputFormat]] = {}
 
@@ -46,40 +47,6 @@ class ConvertOptions:
     criteo_ints: int = 13
     criteo_cats: int = 26
     delimiter: str = ","
-
-
-@dataclass
-class Block:
-    """Parsed rows: CSR with uint64 keys; ``values is None`` means all ones."""
-
-    labels: np.ndarray  # float32 (rows,)
-    indptr: np.ndarray  # int64 (rows+1,), indptr[0] == 0
-    indices: np.ndarray  # uint64 (nnz,)
-    values: np.ndarray | None  # float32 (nnz,) or None
-
-    @property
-    def rows(self) -> int:
-        return int(self.labels.size)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.size)
-
-    def slice(self, start: int, stop: int) -> Block:
-        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
-        return Block(self.labels[start:stop], self.indptr[start:stop + 1] - lo,
-                     self.indices[lo:hi], None if self.values is None else self.values[lo:hi])
-
-    @staticmethod
-    def from_dense(labels: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
-                   present: np.ndarray) -> Block:
-        """Rows of fixed columns (``keys``/``values`` of shape rows x columns);
-        ``present`` marks the entries that exist (row-major order is kept)."""
-        counts = present.sum(axis=1, dtype=np.int64)
-        indptr = np.zeros(labels.size + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        vals = None if values is None else values[present].astype(np.float32)
-        return Block(labels.astype(np.float32), indptr, keys[present].astype(np.uint64), vals)
 
 
 class BadLineBudget:

@@ -153,6 +153,29 @@ class KVServer:
                 np.concatenate([s.values for s in stores]),
                 {n: np.concatenate([s.state[n] for s in stores]) for n in t.handle.state})
 
+    def load(self, table: str, keys: np.ndarray, values: np.ndarray,
+             state: dict[str, np.ndarray]) -> int:
+        """Set the rows of ``table`` for the sorted ``keys`` that fall in this
+        server's ranges (as owner and as replica): a model to start from.
+        State arrays the handle has and ``state`` lacks start at 0. Returns
+        the keys loaded as owner."""
+        t = self.po.table_ids[table]
+        vdim = self.tables[t].vdim
+        loaded = 0
+        for where in (self.primary, self.replica):
+            for (tt, r), store in where.items():
+                if tt != t:
+                    continue
+                lo, hi = self.po.ring.range_of(r)
+                a = int(np.searchsorted(keys, np.uint64(lo)))
+                b = keys.size if hi >= 1 << 64 else int(np.searchsorted(keys, np.uint64(hi)))
+                cols = [values[a:b].reshape(b - a, vdim)]
+                cols += [state[n][a:b].reshape(b - a, vdim) if n in state
+                         else np.zeros((b - a, vdim)) for n in store.state]
+                store.assign_rows(keys[a:b], np.concatenate(cols, axis=1).astype(store.dtype))
+                loaded += b - a if where is self.primary else 0
+        return loaded
+
     @property
     def num_keys(self) -> int:
         return sum(len(s) for s in self.primary.values())

@@ -21,6 +21,7 @@ from ...postoffice import Postoffice
 from ..progress import Deltas
 from .model import (
     LOSSES,
+    Model,
     metrics_of,
     read_model,
     write_model,
@@ -74,6 +75,9 @@ section("linear", {
     "auc_span": Option(float, 16.0, "margin range of the AUC histogram", positive),
     "save_model": Option(bool, True, "write model.h5 in [job] output"),
     "save_state": Option(bool, False, "also write the optimizer state into model.h5"),
+    "init_model": Option(str, "", "start from this model.h5 (warm start; train "
+                         "--init-model): its weights, and its optimizer state where it "
+                         "holds one of the same algorithm (FTRL needs it: save_state)"),
     "synthetic_rows": Option(int, 100_000, "synthetic training rows per worker", positive),
     "synthetic_test_rows": Option(int, 20_000, "synthetic test rows (shared)", positive),
     "synthetic_features": Option(int, 100_000, "synthetic feature ids", positive),
@@ -125,6 +129,9 @@ class LinearApp(App):
             self.test_rows = lc.synthetic_test_rows
         self.exact_auc = 0 < self.test_rows <= lc.auc_exact_rows
         self.lr_scale = value_scale(self.train) if lc.lr_scale == "auto" else 1.0
+        if lc.init_model and not Path(lc.init_model).is_file():
+            raise ConfigError(f"{cfg.source}: [linear] init_model = {lc.init_model!r}: "
+                              "no such file")
         # scheduler state
         self._deltas = Deltas()
         self._written_rounds: set[int] = set()
@@ -162,6 +169,35 @@ class LinearApp(App):
         return LinearWorker(self, po).run()
 
     # ---- server ------------------------------------------------------------------
+    def on_server_start(self, po: Postoffice, server: Any) -> None:
+        if self.lc.init_model:
+            model = self._init_model()
+            loaded = server.load("w", model.keys, model.weights.astype(np.float32),
+                                 {n: v.astype(np.float32) for n, v in model.state.items()})
+            if po.layout.servers.index(po.rank) == 0:
+                print(f"mpips: starting from {self.lc.init_model} ({model.keys.size} "
+                      f"weights{', with optimizer state' if model.state else ''}; "
+                      f"{loaded} on server 0)", flush=True)
+
+    def _init_model(self) -> Model:
+        """The model to start from, checked against this job's update rule."""
+        where = f"{self.cfg.source}: [linear] init_model = {self.lc.init_model!r}"
+        try:
+            model = read_model(self.lc.init_model)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        needs = set(make_handle(self.lc).state)
+        same = model.attrs.get("algorithm") == self.lc.algorithm
+        if not same or not needs <= set(model.state):
+            if self.lc.algorithm == "ftrl":
+                raise ConfigError(
+                    f"{where}: FTRL continues from its state (z, n), which this model "
+                    f"does not hold (algorithm {model.attrs.get('algorithm')!r}, state "
+                    f"{sorted(model.state) or 'none'}): train it with [linear] save_state = "
+                    "true and the same algorithm")
+            model.state = {}  # weights only: the accumulators start again
+        return model
+
     def on_server_stop(self, po: Postoffice, server: Any) -> dict[str, Any]:
         """Write this server's share of the model; the scheduler merges the shards."""
         if not self.lc.save_model:

@@ -3,6 +3,8 @@
 Rows arrive as :class:`Block` s; :class:`PartitionSink` appends them to
 resizable HDF5 datasets, so memory holds one block, not one partition. Each
 partition is written under a hidden temporary name and renamed when complete.
+``data_tools convert`` and ``synth`` write through it, and so does
+:func:`write_dataset` (a CSR matrix in memory: the scikit-learn estimator).
 """
 
 from __future__ import annotations
@@ -16,8 +18,43 @@ from typing import Any
 import h5py
 import numpy as np
 
-from data_tools.formats.base import Block
-from mpips.data.format import FORMAT_NAME, FORMAT_VERSION, Checksum, partition_name
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FORMAT, Checksum, partition_name
+from .manifest import write_manifest
+
+
+@dataclass
+class Block:
+    """Parsed rows: CSR with uint64 keys; ``values is None`` means all ones."""
+
+    labels: np.ndarray  # float32 (rows,)
+    indptr: np.ndarray  # int64 (rows+1,), indptr[0] == 0
+    indices: np.ndarray  # uint64 (nnz,)
+    values: np.ndarray | None  # float32 (nnz,) or None
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    def slice(self, start: int, stop: int) -> Block:
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return Block(self.labels[start:stop], self.indptr[start:stop + 1] - lo,
+                     self.indices[lo:hi], None if self.values is None else self.values[lo:hi])
+
+    @staticmethod
+    def from_dense(labels: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
+                   present: np.ndarray) -> Block:
+        """Rows of fixed columns (``keys``/``values`` of shape rows x columns);
+        ``present`` marks the entries that exist (row-major order is kept)."""
+        counts = present.sum(axis=1, dtype=np.int64)
+        indptr = np.zeros(labels.size + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        vals = None if values is None else values[present].astype(np.float32)
+        return Block(labels.astype(np.float32), indptr, keys[present].astype(np.uint64), vals)
+
 
 ROW_BYTES = 12  # indptr int64 + label float32
 ONES_PIECE = 1 << 20  # hashing implicit ones of a late "values" array in pieces
@@ -184,3 +221,44 @@ class PartitionSink:
             self.current = None
         for record in self.records:
             (self.folder / record.name).unlink(missing_ok=True)
+
+
+def dataset_manifest(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a data set from its writers' ``{"records": [...]}``
+    (partition records as dicts, any order: sorted by name, which is data order)."""
+    parts = sorted((r for res in results for r in res["records"]), key=lambda r: r["name"])
+    first_row = 0
+    for part in parts:
+        part["first_row"] = first_row
+        first_row += part["rows"]
+    rows = sum(p["rows"] for p in parts)
+    positives = sum(p["positives"] for p in parts)
+    return {
+        "format": MANIFEST_FORMAT, "version": FORMAT_VERSION, **meta,
+        "rows": rows, "nnz": sum(p["nnz"] for p in parts),
+        "positives": positives, "label_rate": positives / rows if rows else 0.0,
+        "skipped_lines": sum(r.get("skipped", 0) for r in results),
+        "partitions": parts,
+    }
+
+
+def write_dataset(folder: str | Path, block: Block, hashing: dict[str, Any],
+                  rows_per_partition: int, created_by: str, labels: str = "binary"
+                  ) -> dict[str, Any]:
+    """Write the rows of ``block`` as a data set in ``folder`` (new or empty):
+    partitions of ``rows_per_partition`` rows and the manifest. Returns the
+    manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sink = PartitionSink(folder, 0, [created_by], hashing, rows_per_partition, 1 << 62)
+    try:
+        sink.write(block)
+        records = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    manifest = dataset_manifest([{"records": [r.as_dict() for r in records]}],
+                                {"created_by": created_by, "labels": labels,
+                                 "hashing": hashing})
+    write_manifest(folder, manifest)
+    return manifest
