@@ -9,42 +9,23 @@
 # Each run prints kv throughput next to plain MPI moving the same bytes: read
 # the kv/MPI ratio, not the absolute numbers (they depend on the machine).
 #
-# Runs on a workstation (MPIPS_NP ranks, default 4) and inside a Slurm
-# allocation (salloc, or an sbatch script: SLURM_NTASKS ranks). Launcher,
-# Open MPI settings and the other variables: see slurm/mpips-env.sh.
+# Ranks: SLURM_NTASKS inside a Slurm allocation (salloc, or an sbatch script),
+# else MPIPS_NP (default 4). MPIPS_RUN_ARGS, MPIPS_PYTHON: see jobs/train.sh.
 set -euo pipefail
-
-# Find the checkout: this file's folder, or, when sbatch runs a spooled copy of
-# it, the path sbatch was given (scontrol knows it).
-find_home() {
-    local d cmd=""
-    if [[ -n ${SLURM_JOB_ID:-} ]]; then
-        cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
-    fi
-    for d in "${MPIPS_HOME:-}" "$(dirname "$0")/.." "${cmd:+$(dirname "$cmd")/..}" "${SLURM_SUBMIT_DIR:-.}"; do
-        if [[ -n $d && -f $d/slurm/mpips-env.sh ]]; then (cd "$d" && pwd); return 0; fi
-    done
-    echo "error: cannot find slurm/mpips-env.sh: set MPIPS_HOME to the mpips checkout" >&2
-    return 1
-}
-MPIPS_HOME=$(find_home)
-# shellcheck source=slurm/mpips-env.sh
-source "$MPIPS_HOME/slurm/mpips-env.sh"
 
 out=runs/bench-kv.jsonl
 if (($# > 0)) && [[ $1 != -* ]]; then out=$1; shift; fi
 mkdir -p "$(dirname "$out")"
 
-mpips_setup_env
-mpips_launch_cmd
-mpips_banner
-ranks=$(mpips_ranks)
+ranks=${SLURM_NTASKS:-${MPIPS_NP:-4}}  # what `mpips run` takes by default
 for servers in 1 2; do
     # 1 scheduler + servers + at least 1 worker.
     if ((ranks < servers + 2)); then
-        mpips_log "skipping $servers server(s): needs at least $((servers + 2)) ranks, have $ranks"
+        echo "jobs/bench.sh: skipping $servers server(s): needs at least $((servers + 2)) ranks, have $ranks" >&2
         continue
     fi
-    mpips_log "bench kv with $servers server(s) -> $out"
-    "${MPIPS_LAUNCH[@]}" "$MPIPS_PYTHON" -m mpips bench kv --servers "$servers" --json "$out" "$@"
+    echo "jobs/bench.sh: bench kv with $servers server(s) -> $out" >&2
+    # shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+    "${MPIPS_PYTHON:-python}" -m mpips run -n "$ranks" ${MPIPS_RUN_ARGS:-} \
+        bench kv --servers "$servers" --json "$out" "$@"
 done

@@ -9,13 +9,10 @@
 # Ranks: MPIPS_NP (default 5: 1 scheduler, 1 server, 3 workers). TAUS overrides
 # the list (default "0 1 2 4 8 16 eventual"). The target objective is 1% above
 # the best final objective of the runs (MPIPS_TARGET sets it instead).
+# MPIPS_RUN_ARGS: options of `mpips run` (see jobs/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1}
-export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
-export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
-NP=${MPIPS_NP:-5}
 TAUS=${TAUS:-"0 1 2 4 8 16 eventual"}
 OUT=runs/bench_consistency
 SHARED=${MPIPS_SHARED_DATA:-../shared/data}
@@ -26,13 +23,13 @@ fi
 for tau in $TAUS; do
     if [[ $tau == eventual ]]; then policy=eventual; else policy=bounded_delay:$tau; fi
     echo "== tau $tau ($policy)"
-    # --bind-to none: with more ranks than cores, Open MPI's default binding
-    # would stack some ranks on one core and make those workers stragglers.
-    timeout 300 mpiexec -n "$NP" --oversubscribe --bind-to none \
-        python -m mpips train jobs/bench_consistency.toml \
+    # shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+    timeout 300 python -m mpips run -n "${MPIPS_NP:-5}" ${MPIPS_RUN_ARGS:-} \
+        jobs/bench_consistency.toml \
         -o "consistency.policy=\"$policy\"" -o "job.output=\"$OUT/tau-$tau\"" "$@" \
         | grep -E '^(bpg|mpips: consistency)'
 done
+# shellcheck disable=SC2086  # TAUS is a list
 python - "$OUT" "${MPIPS_TARGET:-0}" $TAUS <<'PY'
 import json, sys
 out, target, taus = sys.argv[1], float(sys.argv[2]), sys.argv[3:]

@@ -9,20 +9,18 @@
 # ${OUT:-runs/bench_kv.jsonl}.
 #   jobs/bench_kv.sh            # the whole matrix (several minutes)
 #   QUICK=1 jobs/bench_kv.sh    # 1+1, vdim 1, random keys only
+# MPIPS_RUN_ARGS: options of `mpips run` (see jobs/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ]; then
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
 out="${OUT:-runs/bench_kv.jsonl}"
 mkdir -p "$(dirname "$out")"
 : > "$out"
 cache=(-o 'filters.push=["key_cache"]' -o 'filters.pull=["key_cache"]')
 run() {  # ranks servers extra...
     local n=$1 s=$2; shift 2
-    echo "== mpiexec -n $n: $s server(s), $((n - 1 - s)) worker(s) $*"
-    timeout 900 mpiexec -n "$n" --oversubscribe python -m mpips bench kv --servers "$s" \
+    echo "== $n ranks: $s server(s), $((n - 1 - s)) worker(s) $*"
+    # shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+    timeout 900 python -m mpips run -n "$n" ${MPIPS_RUN_ARGS:-} bench kv --servers "$s" \
         --json "$out" "$@" | grep -av "^mpips: "
 }
 if [ -n "${QUICK:-}" ]; then layouts=("3 1"); vdims=(1); kinds=(random); max_keys=1000000

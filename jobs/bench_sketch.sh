@@ -7,21 +7,23 @@
 # The stream is the same total (sketch.zipf_items split over the workers), so
 # runs differ only in parallelism. Each line also gives where the time went:
 # worker seconds reading+hashing, aggregating, sending, waiting for acks, and
-# the servers' update seconds (summed over ranks). MPIEXEC / MPIEXEC_OPTS as in
-# jobs/sketch_stdin.sh; runs oversubscribe when ranks outnumber cores.
+# the servers' update seconds (summed over ranks). The ranks are started by
+# `python -m mpips run` (it oversubscribes when ranks outnumber cores);
+# MPIPS_RUN_ARGS adds its options (see jobs/demo.sh).
 set -euo pipefail
 out=runs/bench-sketch.jsonl
 if (($# > 0)) && [[ $1 != -* ]]; then out=$1; shift; fi
 mkdir -p "$(dirname "$out")"
-export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
+[[ -z ${MPIEXEC:-}${MPIEXEC_OPTS:-} ]] ||
+    echo "$0: MPIEXEC and MPIEXEC_OPTS are no longer read: set MPIPS_RUN_ARGS (--mpi-arg=...)" >&2
 total=$(python -c "import tomllib; print(tomllib.load(open('jobs/sketch_bench.toml','rb'))['sketch']['zipf_items'])")
 run_dir=$(mktemp -d)
 for servers in 1 2; do
     for workers in 1 2 4; do
         np=$((1 + servers + workers))
-        # shellcheck disable=SC2086
-        timeout 600 "${MPIEXEC:-mpiexec}" ${MPIEXEC_OPTS:---oversubscribe} -n "$np" \
-            python -m mpips train jobs/sketch_bench.toml --servers "$servers" \
+        # shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+        timeout 600 python -m mpips run -n "$np" ${MPIPS_RUN_ARGS:-} \
+            jobs/sketch_bench.toml --servers "$servers" \
             -o "sketch.zipf_items=$((total / workers))" -o "job.output=$run_dir/s$servers-w$workers" \
             "$@" | grep '^sketch: [0-9]' || true
         cat "$run_dir/s$servers-w$workers/metrics.jsonl" >>"$out"
@@ -39,15 +41,16 @@ for r in rows:
           f"{r['t_push']:>6.2f} {r['t_wait']:>6.2f} {r['server_update_seconds']:>6.2f}")
 PY
 
-# Recovery: 3 servers with replication 1 under ULFM; rank 2 (server 1) is
-# SIGKILLed once the stream is under way; the job must go on and finish.
+# Recovery: 3 servers with replication 1 under ULFM (mpips run adds
+# --with-ft ulfm on Open MPI 5); rank 2 (server 1) is SIGKILLed once the
+# stream is under way; the job must go on and finish.
 if [ -z "${SKIP_KILL:-}" ]; then
     kill_dir=$(mktemp -d)
     echo "recovery: 1 scheduler, 3 servers (replication 1), 2 workers; server 1 killed mid-stream"
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
     python -m mpips.bench.chaos --rank 2 --after "inserts" --events "$kill_dir/events.jsonl" -- \
-        timeout 600 "${MPIEXEC:-mpiexec}" ${MPIEXEC_OPTS:---oversubscribe} --with-ft ulfm -n 6 \
-        python -m mpips train jobs/sketch_bench.toml --servers 3 -o layout.replication=1 \
+        timeout 600 python -m mpips run -n 6 ${MPIPS_RUN_ARGS:-} \
+        jobs/sketch_bench.toml --servers 3 -o layout.replication=1 \
         -o "sketch.zipf_items=$((total / 2))" -o job.progress_interval=0.2 \
         -o sketch.report_interval=0.2 -o "job.output=$kill_dir" "$@" \
         | grep -a '^sketch: [0-9]\|^chaos\|survived\|failed'

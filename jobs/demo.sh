@@ -2,12 +2,13 @@
 # Train the demo job (sparse logistic regression on built-in synthetic data)
 # with 4 ranks: 1 scheduler, 1 server, 2 workers. Extra arguments are passed
 # on, e.g.  jobs/demo.sh -o linear.epochs=5
+# MPIPS_NP sets the rank count; MPIPS_RUN_ARGS adds options of `mpips run`
+# (e.g. "--no-ft", "--mpi-arg=--hostfile=hosts"; python -m mpips run --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ]; then
-    # Open MPI refuses to run as root unless told that it is meant.
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [[ -n ${NP:-} ]]; then
+    echo "jobs/demo.sh: NP is deprecated, use MPIPS_NP=$NP" >&2
+    MPIPS_NP=${MPIPS_NP:-$NP}
 fi
-# More ranks than cores on a laptop: let idle ranks yield the CPU.
-export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
-exec mpiexec -n "${NP:-4}" --oversubscribe python -m mpips train jobs/demo.toml "$@"
+# shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+exec python -m mpips run -n "${MPIPS_NP:-4}" ${MPIPS_RUN_ARGS:-} jobs/demo.toml "$@"

@@ -8,7 +8,7 @@
 # data/<name>-test (8 partitions each, so that workers share the queue).
 # ctr: `python -m data_tools synth ctr` into data/ctr and data/ctr-test (same
 # planted model, different rows). Ranks: MPIPS_NP (default 4: 1 scheduler,
-# 1 server, 2 workers); see jobs/train.sh and slurm/mpips-env.sh.
+# 1 server, 2 workers); MPIPS_RUN_ARGS: options of `mpips run` (see jobs/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if (($# < 1)) || [[ $1 == -h || $1 == --help ]]; then
@@ -49,6 +49,5 @@ ctr)
     echo "error: unknown job '$name' (adult, news20, ctr)" >&2; exit 2 ;;
 esac
 
-[[ $(id -u) == 0 ]] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
-exec mpiexec -n "${MPIPS_NP:-4}" --oversubscribe python -m mpips train "jobs/$name.toml" "$@"
+# shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+exec python -m mpips run -n "${MPIPS_NP:-4}" ${MPIPS_RUN_ARGS:-} "jobs/$name.toml" "$@"

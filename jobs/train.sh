@@ -9,27 +9,11 @@
 # TRAIN_DIR / TEST_DIR are folders written by `python -m data_tools convert`
 # (each holds manifest.json); they become -o data.train=... / -o data.test=...
 #
-# Runs on a workstation (MPIPS_NP ranks, default 4) and inside a Slurm
-# allocation (salloc, or an sbatch script: SLURM_NTASKS ranks). Launcher,
-# Open MPI settings and the other variables: see slurm/mpips-env.sh.
+# Starts the ranks with `python -m mpips run`: on a workstation MPIPS_NP ranks
+# (default 4), inside a Slurm allocation (salloc, or this file as the sbatch
+# script) SLURM_NTASKS. MPIPS_RUN_ARGS adds options of `mpips run` (e.g.
+# "--launcher srun"); MPIPS_PYTHON is the Python with mpips (default python).
 set -euo pipefail
-
-# Find the checkout: this file's folder, or, when sbatch runs a spooled copy of
-# it, the path sbatch was given (scontrol knows it).
-find_home() {
-    local d cmd=""
-    if [[ -n ${SLURM_JOB_ID:-} ]]; then
-        cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
-    fi
-    for d in "${MPIPS_HOME:-}" "$(dirname "$0")/.." "${cmd:+$(dirname "$cmd")/..}" "${SLURM_SUBMIT_DIR:-.}"; do
-        if [[ -n $d && -f $d/slurm/mpips-env.sh ]]; then (cd "$d" && pwd); return 0; fi
-    done
-    echo "error: cannot find slurm/mpips-env.sh: set MPIPS_HOME to the mpips checkout" >&2
-    return 1
-}
-MPIPS_HOME=$(find_home)
-# shellcheck source=slurm/mpips-env.sh
-source "$MPIPS_HOME/slurm/mpips-env.sh"
 
 if (($# < 1)) || [[ $1 == -h || $1 == --help ]]; then
     echo "usage: jobs/train.sh JOB.toml [TRAIN_DIR [TEST_DIR]] [-o section.key=value ...]" >&2
@@ -37,21 +21,18 @@ if (($# < 1)) || [[ $1 == -h || $1 == --help ]]; then
 fi
 job=$1
 shift
-[[ -f $job ]] || mpips_die "job file '$job' not found"
-args=(train "$job")
+[[ -f $job ]] || { echo "jobs/train.sh: job file '$job' not found" >&2; exit 2; }
+args=("$job")
 # Positional data folders until the first option.
 for key in data.train data.test; do
     if (($# > 0)) && [[ $1 != -* ]]; then
-        [[ -f $1/manifest.json ]] ||
-            mpips_die "'$1' is not a converted data set (no manifest.json): run jobs/convert.sh first"
+        [[ -f $1/manifest.json ]] || {
+            echo "jobs/train.sh: '$1' is not a converted data set (no manifest.json): run jobs/convert.sh first" >&2
+            exit 2
+        }
         args+=(-o "$key=$1")
         shift
     fi
 done
-args+=("$@")
-
-mpips_setup_env
-mpips_launch_cmd
-mpips_banner
-mpips_log "${MPIPS_LAUNCH[*]} $MPIPS_PYTHON -m mpips ${args[*]}"
-exec "${MPIPS_LAUNCH[@]}" "$MPIPS_PYTHON" -m mpips "${args[@]}"
+# shellcheck disable=SC2086  # MPIPS_RUN_ARGS is a list of options
+exec "${MPIPS_PYTHON:-python}" -m mpips run ${MPIPS_RUN_ARGS:-} "${args[@]}" "$@"

@@ -113,17 +113,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_program(program: list[str], ranks: int) -> int:
+def _check_program(program: list[str], ranks: int) -> tuple[int, str | None]:
     """For ``mpips run``: parse the ranks' command line here and validate a
-    training job for ``ranks`` ranks, before any rank starts. 0 if it can."""
+    training job for ``ranks`` ranks, before any rank starts. (0 if it can,
+    the training job's output folder, where its status.json will be)."""
     try:
         args = parser().parse_args(program)
     except SystemExit as e:  # argparse said why
-        return int(e.code or 2)
+        return int(e.code or 2), None
     if program[0] != "train":
-        return 0
+        return 0, None
     args.np = ranks
-    return cmd_validate(args)
+    code = cmd_validate(args)
+    if code:
+        return code, None
+    return 0, config.load(args.job, _overrides(args)).job.output
 
 
 def cmd_bench_kv(args: argparse.Namespace) -> int:

@@ -28,11 +28,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .status import ENDED_WELL, read_status, status_path
+
 DEFAULT_RANKS = 4
+EXIT_PEERS_LOST = 75  # as mpips.scheduler.failures.EXIT_PEERS_LOST (no import of it here)
+FINAL = (*ENDED_WELL, "failed")
+FINAL_STATUS_WAIT = 3.0  # seconds a launcher that exited 0 waits for the job's last status
 # The package's parent folder: ranks of a source checkout (no pip install) import it too.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,9 +213,11 @@ def program_of(args: list[str]) -> list[str]:
 COMMANDS = ("train", "bench", "predict", "query", "validate", "config", "inspect", "plot")
 
 
-def cmd_run(args: argparse.Namespace, check: Callable[[list[str], int], int]) -> int:
+def cmd_run(args: argparse.Namespace,
+            check: Callable[[list[str], int], tuple[int, str | None]]) -> int:
     """``mpips run``; ``check(program, ranks)`` parses the ranks' command line
-    and validates the job before any rank starts (0: it can start)."""
+    and validates the job before any rank starts: (0 if it can start, the
+    job's output folder for a training job, else None)."""
     try:
         program = program_of(args.program)
         ranks = args.ranks if args.ranks is not None else default_ranks(dict(os.environ))
@@ -218,7 +226,7 @@ def cmd_run(args: argparse.Namespace, check: Callable[[list[str], int], int]) ->
     except LaunchError as e:
         print(f"mpips run: {e}", file=sys.stderr)
         return 2
-    code = check(program, ranks)
+    code, output = check(program, ranks)
     if code:
         print("mpips run: the job was not started", file=sys.stderr)
         return code
@@ -226,16 +234,53 @@ def cmd_run(args: argparse.Namespace, check: Callable[[list[str], int], int]) ->
           flush=True)
     if args.dry_run:
         return 0
-    return supervise(launch)
+    started = time.time()
+    code = supervise(launch)
+    return code if output is None else outcome(code, output, started)
+
+
+def outcome(code: int, output: str, started: float) -> int:
+    """The job's exit status, from the launcher's and the scheduler's
+    ``status.json``: a launcher that exits 0 for a job that never said
+    "done" (Open MPI after losing a host tears the job down and exits 0, the
+    ranks' last messages lost) is a lost job, 75: requeue and resume."""
+    status = read_status(output, since=started)
+    deadline = time.monotonic() + FINAL_STATUS_WAIT
+    while code == 0 and (status is None or status["state"] not in FINAL) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)  # a torn-down job's scheduler may outlive the launcher a moment
+        status = read_status(output, since=started)
+    state = status["state"] if status else None
+    if code == 0 and state in ENDED_WELL:
+        return 0
+    if status and state == "failed":
+        if code == 0:  # the console may have missed the job's own message
+            print(f"mpips run: the job failed: {status.get('message', '')}", file=sys.stderr)
+        return code or int(status.get("code", 1))
+    if code == 0:
+        said = f"its last status was {state!r}" if state else "it wrote no status"
+        print(f"mpips run: the launcher exited 0 but the job did not finish ({said}, "
+              f"{status_path(output)}): ranks or a host were lost, or the job was killed. "
+              "Exit 75: resume from the last checkpoint with --resume", file=sys.stderr)
+        return EXIT_PEERS_LOST
+    return code
 
 
 def supervise(launch: Launch) -> int:
     """Run the launch; the first Ctrl-C or SIGTERM asks for checkpoint and
     stop, a second ends the job. Returns the job's exit status."""
-    # A session of its own: the terminal's Ctrl-C reaches this process only,
-    # not mpiexec (which would end the ranks at once, without a checkpoint).
-    child = subprocess.Popen(launch.cmd, env=launch.env, start_new_session=True)
     asked = 0
+    child: subprocess.Popen | None = None
+
+    def act() -> None:
+        if child is None:
+            return  # acted on once the job runs
+        if asked == 1:
+            _send(child, signal.SIGUSR1)  # mpiexec passes SIGUSR1 on to every rank
+        elif asked == 2:
+            _send(child, signal.SIGTERM)
+        elif asked > 2:
+            _send(child, signal.SIGKILL)
 
     def on_signal(signum, frame):
         nonlocal asked
@@ -244,20 +289,19 @@ def supervise(launch: Launch) -> int:
         if asked == 1:
             print(f"\nmpips run: {name}: asking the job to write a checkpoint and stop "
                   "(again to end it at once)", file=sys.stderr, flush=True)
-            _send(child, signal.SIGUSR1)  # mpiexec passes SIGUSR1 on to every rank
         elif asked == 2:
             print(f"\nmpips run: {name} again: ending the job", file=sys.stderr, flush=True)
-            _send(child, signal.SIGTERM)
-        else:
-            _send(child, signal.SIGKILL)
+        act()
 
+    # handlers first: a Ctrl-C while the job starts is not a traceback
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                return child.wait()
-            except InterruptedError:  # pragma: no cover - wait retries on EINTR itself
-                continue
+        # A session of its own: the terminal's Ctrl-C reaches this process
+        # only, not mpiexec (which would end the ranks at once, no checkpoint).
+        child = subprocess.Popen(launch.cmd, env=launch.env, start_new_session=True)
+        if asked:
+            act()
+        return child.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -24,6 +24,7 @@ from .app import Table
 from .config import Config
 from .layout import SCHEDULER, SERVER, WORKER, Layout, make_layout
 from .ring import KeyRing
+from .status import write_status
 from .transport import Message, Op
 
 if TYPE_CHECKING:
@@ -53,7 +54,11 @@ _REPLIES = (Op.PUSH_ACK, Op.PULL_REPLY, Op.ERROR)
 
 
 class JobAborted(SystemExit):
-    """Another rank failed; this one leaves quietly."""
+    """Another rank failed; this one leaves quietly (with its exit code)."""
+
+    def __init__(self, code: int = 1, text: str = ""):
+        super().__init__(code)
+        self.text = text
 
 
 class JobPreempted(Exception):
@@ -260,7 +265,8 @@ class Postoffice:
         for observe in self.observers:
             observe(msg)
         if msg.op == Op.ABORT:
-            raise JobAborted(msg.aux or 1)  # the failing rank's exit code, for every rank
+            # the failing rank's exit code, for every rank
+            raise JobAborted(msg.aux or 1, msg.meta.decode(errors="replace"))
         if msg.op == Op.PREEMPT:
             raise JobPreempted()
         if msg.op == Op.RELEASE:
@@ -400,9 +406,15 @@ class Postoffice:
     def fail(self, exc: BaseException) -> None:
         """Print rank, role and cause once, stop every rank, exit non-zero."""
         if isinstance(exc, JobAborted):
+            if self.is_scheduler:
+                write_status(self.cfg.job.output, "failed", code=int(exc.code or 1),
+                             message=exc.text)
             self.van.finalize_and_exit(int(exc.code or 1))
         cause = f"{type(exc).__name__}: {exc}"
         text = f"mpips: {self.who} failed: {cause}"
+        if self.is_scheduler:
+            write_status(self.cfg.job.output, "failed", code=getattr(exc, "exit_code", 1),
+                         message=text)
         if os.environ.get("MPIPS_TRACEBACK"):
             traceback.print_exc()
         print(text, file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ from .config import Config
 from .kv.server import KVServer
 from .postoffice import ALL, JobPreempted, Postoffice, van_for
 from .scheduler import Scheduler
+from .status import write_status
 from .transport import Message, Op
 
 
@@ -84,6 +85,8 @@ def _signals(po: Postoffice) -> None:
     def request_stop(signum, frame):
         po.stop_requested = signal.Signals(signum).name
         po.stop_requested_at = time.monotonic()
+        # at once: after a lost host the launcher's SIGKILL may follow soon
+        write_status(po.cfg.job.output, "stopping", signal=po.stop_requested)
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, request_stop if po.is_scheduler else signal.SIG_IGN)

@@ -104,7 +104,7 @@ def test_ctrl_c_stops_the_job_cleanly(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=mpi_env(), cwd=ROOT)
     try:
-        seen = wait_for_output(proc, "epoch", timeout=60)
+        seen = wait_for_output(proc, "train loss", timeout=60)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -147,3 +147,27 @@ def test_the_demo_runs_on_mpich_with_its_flags(mpich_bin, tmp_path):
     assert "MPICH" in out and "recovery is checkpoint/restart" in out
     assert "--oversubscribe" not in out and "--with-ft" not in out
     assert "mpips: demo: done in" in out
+
+
+def test_the_exit_status_comes_from_the_jobs_status_when_the_launcher_says_0(tmp_path,
+                                                                             monkeypatch):
+    """Open MPI exits 0 when it tears a job down after losing a host: a job
+    that never said "done" is lost (75), whatever the launcher says."""
+    import time
+
+    from mpips.status import write_status
+    monkeypatch.setattr(launch, "FINAL_STATUS_WAIT", 0.2)
+    started = time.time()
+    assert launch.outcome(0, str(tmp_path), started) == 75  # no status at all
+    write_status(tmp_path, "running")
+    assert launch.outcome(0, str(tmp_path), started) == 75
+    write_status(tmp_path, "stopping", signal="SIGTERM")  # killed before it stopped
+    assert launch.outcome(0, str(tmp_path), started) == 75
+    write_status(tmp_path, "preempted", signal="SIGUSR1")
+    assert launch.outcome(0, str(tmp_path), started) == 0
+    write_status(tmp_path, "done")
+    assert launch.outcome(0, str(tmp_path), started) == 0
+    assert launch.outcome(1, str(tmp_path), started) == 1  # the launcher's failure stands
+    write_status(tmp_path, "failed", code=75, message="host h3 lost")
+    assert launch.outcome(0, str(tmp_path), started) == 75
+    assert launch.outcome(0, str(tmp_path), time.time() + 10) == 75  # an older run's file

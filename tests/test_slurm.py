@@ -150,14 +150,17 @@ needs_train = pytest.mark.skipif(not _has_train() or not DEMO_JOB.is_file(),
                                  reason="mpips train not available (or jobs/demo.toml absent)")
 
 
-HELLO = """#!/usr/bin/env bash
-set -euo pipefail
-source "{root}/slurm/mpips-env.sh"
-mpips_setup_env
-mpips_launch_cmd
-mpips_banner
-"${{MPIPS_LAUNCH[@]}}" "$MPIPS_PYTHON" -c \\
-  "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'hello rank {{c.rank}} of {{c.size}}')"
+# A batch script of one's own: any program on the allocation's tasks, started
+# the way `mpips run` starts its ranks (mpips.launch: this MPI's flags, srun).
+HELLO = """#!/usr/bin/env python
+import os, sys
+sys.path.insert(0, {root!r})
+from mpips import launch
+hello = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'hello rank {{c.rank}} of {{c.size}}')"
+run = launch.build(launch.default_ranks(dict(os.environ)), [sys.executable, "-c", hello],
+                   launcher={launcher!r})
+print("mpips run: " + " ".join(run.cmd), *run.notes, sep="\\n  ", flush=True)
+sys.exit(launch.supervise(run))
 """
 
 
@@ -169,10 +172,9 @@ def test_mpi_hello(slurm: Cluster, tmp_path: Path, launcher: str) -> None:
         if "pmix" not in mpis.stdout + mpis.stderr:
             pytest.skip("this Slurm has no PMIx plugin (srun --mpi=list)")
     script = tmp_path / "hello.sbatch"
-    script.write_text(HELLO.format(root=ROOT))
+    script.write_text(HELLO.format(root=str(ROOT), launcher=launcher))
     out = tmp_path / "hello.out"
-    env = {**slurm.env, "MPIPS_LAUNCHER": launcher}
-    jobid = slurm.sbatch(script, opts=("-n", "4", "-t", "2", "-o", str(out)), env=env)
+    jobid = slurm.sbatch(script, opts=("-n", "4", "-t", "2", "-o", str(out)))
     info = slurm.wait(jobid, {"COMPLETED"}, timeout=60)
     assert info["ExitCode"] == "0:0"
     text = out.read_text()
@@ -267,13 +269,27 @@ def test_job_script_as_batch_script(slurm: Cluster, tmp_path: Path) -> None:
     assert (run / "metrics.jsonl").is_file(), out.read_text()[-3000:]
 
 
-# A stand-in for `python -m mpips train` with the contract the sbatch script
-# relies on: on SIGUSR1 or SIGTERM every rank writes its checkpoint and exits;
-# with --resume it reads the checkpoint back. It tests the script's signal
-# forwarding and requeue without depending on mpips' own checkpoints.
+# A stand-in for `python -m mpips` with the contract the sbatch script relies
+# on. `train`: on SIGUSR1 or SIGTERM every rank writes its checkpoint and
+# exits; with --resume it reads the checkpoint back. `run`: the real launcher
+# (mpips/launch.py of this checkout, loaded by path) without the job check:
+# mpiexec with this MPI's flags in a session of its own, the first SIGTERM or
+# SIGINT passed on as SIGUSR1 (a second ends the job), the job's exit status.
+# It tests the script's signal forwarding and requeue without depending on
+# mpips' own checkpoints.
 STUB_MAIN = '''
-import argparse, os, signal, sys, time
-from mpi4py import MPI
+import argparse, importlib.util, os, signal, sys, time
+
+# the real launcher, from the checkout, as a package of another name (this
+# stub is the "mpips" the ranks import)
+real = os.path.dirname(@LAUNCH_PY@)
+spec = importlib.util.spec_from_file_location("mpips_real", os.path.join(real, "__init__.py"),
+                                              submodule_search_locations=[real])
+pkg = importlib.util.module_from_spec(spec)
+sys.modules["mpips_real"] = pkg
+spec.loader.exec_module(pkg)
+import importlib
+launch = importlib.import_module("mpips_real.launch")
 
 p = argparse.ArgumentParser(prog="mpips")
 sub = p.add_subparsers(dest="cmd", required=True)
@@ -281,7 +297,16 @@ t = sub.add_parser("train")
 t.add_argument("job")
 t.add_argument("-o", action="append", default=[])
 t.add_argument("--resume", action="store_true")
+launch.add_arguments(sub.add_parser("run"))
 a = p.parse_args()
+if a.cmd == "run":
+    ranks = a.ranks if a.ranks is not None else launch.default_ranks(dict(os.environ))
+    run = launch.build(ranks, [sys.executable, "-m", "mpips", *launch.program_of(a.program)],
+                       launcher=a.launcher, ft=not a.no_ft, extra=a.mpi_arg)
+    print("mpips run: " + " ".join(run.cmd), flush=True)
+    sys.exit(0 if a.dry_run else launch.supervise(run))
+
+from mpi4py import MPI
 rank = MPI.COMM_WORLD.rank
 ckpt = os.path.join(os.environ["STUB_DIR"], f"ckpt.{rank}")
 if a.resume:
@@ -320,7 +345,8 @@ def _stub_home(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "slurm", home / "slurm")
     (home / "mpips").mkdir()
     (home / "mpips" / "__init__.py").write_text("")
-    (home / "mpips" / "__main__.py").write_text(STUB_MAIN)
+    launch_py = repr(str(ROOT / "mpips" / "launch.py"))
+    (home / "mpips" / "__main__.py").write_text(STUB_MAIN.replace("@LAUNCH_PY@", launch_py))
     (home / "job.toml").write_text("[job]\nname = 'stub'\n")
     return home
 

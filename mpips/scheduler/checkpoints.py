@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import checkpoint as ckpt
 from ..postoffice import RESUMED_COUNTERS, Command, JobPreempted
+from ..status import write_status
 from ..transport import Message, Op
 from .failures import PeersLost
 
@@ -141,6 +142,8 @@ class Checkpoints:
 
     def _preempt(self, why: str) -> None:
         print(f"mpips: stopped on {self.po.stop_requested}: {why}", flush=True)
+        write_status(self.po.cfg.job.output, "preempted", signal=self.po.stop_requested,
+                     message=why)
         for r in range(1, self.po.van.size):
             if r not in self.po.van.dead:
                 self.po.send(r, Message(op=Op.PREEMPT))

@@ -18,6 +18,7 @@ from typing import Any
 from ..app import App
 from ..data.queue import partition_warning
 from ..postoffice import ALL, Postoffice
+from ..status import write_status
 from ..transport import Message, Op
 from .checkpoints import Checkpoints
 from .failures import Failover, JobFailed
@@ -67,6 +68,7 @@ class Scheduler:
                   f"{server_hosts} host(s): some replicas share their owner's host, so "
                   "losing that host loses those ranges", flush=True)
         self._write_layout()
+        write_status(po.cfg.job.output, "running", ranks=layout.world_size)
         if po.cfg.checkpoint.resume:
             self.checkpoints.resume()
         next_line = t0 + self.interval
@@ -106,6 +108,7 @@ class Scheduler:
             po.send(rank, Message(op=Op.STOP))
         self.write_events()
         lost = sorted(po.van.dead)
+        write_status(po.cfg.job.output, "done", seconds=round(elapsed, 3), lost=lost)
         print(f"mpips: {po.cfg.job.name}: done in {elapsed:.1f} s"
               + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
 
