@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import __version__, config, consistency
 from .kv.store import huge_pages_off
@@ -113,6 +114,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_JOB = Path(__file__).resolve().parent / "jobs" / "demo.toml"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``mpips demo``: ``mpips run`` of the packaged demo job."""
+    from . import launch
+    program = ["train", str(DEMO_JOB), "-o", f"job.output={args.output}"]
+    program += [a for o in _overrides(args) for a in ("-o", o)]
+    run = argparse.Namespace(ranks=args.ranks, launcher="auto", no_ft=False, mpi_arg=[],
+                             dry_run=False, program=program)
+    return launch.cmd_run(run, _check_program)
+
+
 def _check_program(program: list[str], ranks: int) -> tuple[int, str | None]:
     """For ``mpips run``: parse the ranks' command line here and validate a
     training job for ``ranks`` ranks, before any rank starts. (0 if it can,
@@ -212,6 +226,15 @@ def parser() -> argparse.ArgumentParser:
     from . import launch
     launch.add_arguments(r)
     r.set_defaults(func=lambda args: launch.cmd_run(args, _check_program))
+
+    d = sub.add_parser("demo", help="train the demo job (built-in synthetic data) on N ranks",
+                       description="The demo job that ships with mpips (sparse logistic "
+                                   "regression on synthetic data), run from any folder with "
+                                   "mpips run; its output goes to ./runs/demo.")
+    d.add_argument("-n", "--np", dest="ranks", type=int, help="ranks (default as mpips run)")
+    d.add_argument("--output", default="runs/demo", help="output folder (default runs/demo)")
+    _common(d)
+    d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks (kv)",
                        description="Benchmarks that print what they measured.")

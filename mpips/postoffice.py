@@ -113,7 +113,7 @@ class Postoffice:
         self._next_barrier = {ALL: 0, WORKERS: 0}
         # the scheduler's answers to task requests, in order (None: no task left)
         self.task_inbox: list[dict[str, Any] | None] = []
-        self._workers_at_barrier: list[int] | None = None
+        self._workers_dead_at_barrier: set[int] = set()  # as the last WORKERS release said
         self.started = time.monotonic()
         # heartbeats from a thread (a rank computing is still alive); where
         # the MPI cannot serve two threads, from the wait loops (heartbeat())
@@ -151,8 +151,8 @@ class Postoffice:
     def live_workers(self) -> list[int]:
         """Ranks of the workers alive at the last WORKERS barrier (the scheduler
         says who passed it) and not known to be dead since."""
-        known = self._workers_at_barrier or self.layout.workers
-        return [r for r in known if r not in self.van.dead]
+        gone = self._workers_dead_at_barrier
+        return [r for r in self.layout.workers if r not in gone and r not in self.van.dead]
 
     # ---- messages --------------------------------------------------------------
     def send(self, dest: int, msg: Message, defer: bool = False) -> None:
@@ -272,7 +272,7 @@ class Postoffice:
         if msg.op == Op.RELEASE:
             self._barrier_passed.add((msg.flags, msg.aux))
             if msg.flags == WORKERS and msg.meta:
-                self._workers_at_barrier = msg.json()
+                self._workers_dead_at_barrier = set(msg.json())
             return
         if msg.op == Op.RING and not self.is_scheduler:
             self.set_ring(self.ring.without_all(msg.json(), msg.aux))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..app import App
 from ..data.queue import partition_warning
+from ..layout import WORKER
 from ..postoffice import ALL, Postoffice
 from ..status import write_status
 from ..transport import Message, Op
@@ -32,7 +33,7 @@ class Scheduler:
         self.po = po
         self.app = app
         self.interval = po.cfg.job.progress_interval
-        self.arrived: dict[tuple[int, int], list[int]] = {}
+        self.arrived: dict[tuple[int, int], set[int]] = {}  # barrier -> live ranks in it
         self.counters: dict[int, dict[str, float]] = {}
         self.done: dict[int, dict[str, Any]] = {}
         self.stopped: dict[int, dict[str, Any]] = {}
@@ -164,21 +165,37 @@ class Scheduler:
 
     # ---- messages ----------------------------------------------------------------
     def _barrier(self, msg: Message) -> None:
-        self.arrived.setdefault((msg.flags, msg.aux), []).append(msg.sender)
-        self.release_barriers()
+        key = (msg.flags, msg.aux)
+        self.arrived.setdefault(key, set()).add(msg.sender)
+        self._release_if_complete(key)
+
+    def _members(self, group: int) -> int:
+        """How many live ranks a barrier of ``group`` waits for: counted, not
+        scanned (the dead are few)."""
+        dead = self.po.van.dead
+        if group == ALL:
+            return self.po.van.size - 1 - sum(1 for r in dead if r != self.po.layout.scheduler)
+        workers = self.po.layout.workers
+        return len(workers) - sum(1 for r in dead if self.po.layout.role(r) == WORKER)
+
+    def _release_if_complete(self, key: tuple[int, int]) -> None:
+        """Release barrier ``key`` once every live member reached it: O(1) per
+        arrival, one message per member, which carries the workers that have
+        died (usually none), not the members."""
+        ranks = self.arrived[key]
+        ranks -= self.po.van.dead  # arrived, then died: not waited for, not released
+        if len(ranks) < self._members(key[0]):
+            return
+        dead = Message.jmeta(sorted(r for r in self.po.van.dead
+                                    if self.po.layout.role(r) == WORKER))
+        for r in ranks:
+            self.po.send(r, Message(op=Op.RELEASE, flags=key[0], aux=key[1], meta=dead))
+        del self.arrived[key]
 
     def release_barriers(self) -> None:
-        """Release every barrier all live members of its group reached."""
-        for key, ranks in list(self.arrived.items()):
-            group = key[0]
-            members = (range(1, self.po.van.size) if group == ALL
-                       else self.po.layout.workers)
-            if all(r in ranks for r in self.live(members)):
-                live = Message.jmeta(self.live(members))  # who passed: the survivors
-                for r in self.live(ranks):
-                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=key[1],
-                                            meta=live))
-                del self.arrived[key]
+        """After a failure: a barrier may now be complete without the dead."""
+        for key in list(self.arrived):
+            self._release_if_complete(key)
 
     def _report(self, msg: Message) -> None:
         self.counters[msg.sender] = msg.json()
