@@ -129,3 +129,45 @@ def test_a_worker_gets_its_partitions_again_next_epoch():
             q.done(w, t)
     assert again == first  # key caches keep hitting
     q.check_exactly_once()
+
+
+def test_hand_out_matches_the_scan_it_replaced():
+    """The queue takes "the first pending task this worker did last epoch,
+    else the first" from per-partition indexes; drive it and a plain scan of
+    the pending tasks with the same random workload: the same tasks, in the
+    same order."""
+    import random
+
+    from mpips.data.queue import PartitionQueue
+
+    class Scan(PartitionQueue):
+        def _take(self, worker):
+            for task in list(self._pending):
+                if self._last_worker[task.partition] == worker and task.attempt == 0:
+                    self._pending.take_first_try([task.partition])
+                    return task
+            return self._pending.popleft()
+
+    for seed in range(5):
+        rng = random.Random(seed)
+        parts = [f"p{i}" for i in range(23)]
+        fast, ref = (cls(parts, epochs=4, shuffle=True, seed=seed)
+                     for cls in (PartitionQueue, Scan))
+        held = {w: [] for w in range(6)}
+        while not fast.finished:
+            w = rng.randrange(6)
+            action = rng.random()
+            if action < 0.55:
+                a, b = fast.next(w), ref.next(w)
+                assert a == b
+                if a is not None:
+                    held[w].append(a)
+            elif action < 0.95 and held[w]:
+                t = held[w].pop(rng.randrange(len(held[w])))
+                fast.done(w, t)
+                ref.done(w, t)
+            elif action >= 0.99:
+                assert fast.requeue(w) == ref.requeue(w)
+                held[w] = []
+            assert list(fast._pending) == list(ref._pending)
+        fast.check_exactly_once()

@@ -32,6 +32,72 @@ class Task:
     attempt: int = 0
 
 
+class _Pending:
+    """The tasks waiting to be handed out, in order, with the earliest
+    first-attempt task of each partition at hand: taking "the first pending
+    task this worker did last epoch" costs the worker's own partitions, not
+    a scan of the queue. Taken tasks leave the order lazily (skipped when
+    they reach its front)."""
+
+    def __init__(self, tasks: Sequence[Task] = ()):
+        self._order: deque[Task] = deque()
+        self._gone: set[Task] = set()
+        self._seq: dict[Task, int] = {}
+        self._first_try: dict[int, deque[Task]] = {}  # partition -> its attempt-0 tasks
+        self._back, self._front = 0, 0
+        self.extend(tasks)
+
+    def __len__(self) -> int:
+        return len(self._order) - len(self._gone)
+
+    def __iter__(self):
+        return (t for t in self._order if t not in self._gone)
+
+    def extend(self, tasks) -> None:
+        for t in tasks:
+            self._back += 1
+            self._seq[t] = self._back
+            self._order.append(t)
+            if t.attempt == 0:
+                self._first_try.setdefault(t.partition, deque()).append(t)
+
+    def push_front(self, tasks: list[Task]) -> None:
+        """``tasks`` (requeued: attempt > 0) before every pending one, in order."""
+        for t in reversed(tasks):
+            self._front -= 1
+            self._seq[t] = self._front
+            self._order.appendleft(t)
+
+    def _remove(self, t: Task) -> Task:
+        del self._seq[t]
+        if t.attempt == 0:
+            first = self._first_try[t.partition]
+            first.popleft()  # t is its partition's earliest first attempt
+            if not first:
+                del self._first_try[t.partition]
+        return t
+
+    def take_first_try(self, partitions) -> Task | None:
+        """The earliest pending first attempt of any of ``partitions``, taken."""
+        best = None
+        for p in partitions:
+            first = self._first_try.get(p)
+            if first and (best is None or self._seq[first[0]] < self._seq[best]):
+                best = first[0]
+        if best is None:
+            return None
+        self._gone.add(best)
+        return self._remove(best)
+
+    def popleft(self) -> Task:
+        while True:
+            t = self._order.popleft()
+            if t in self._gone:
+                self._gone.discard(t)
+                continue
+            return self._remove(t)
+
+
 class PartitionQueue:
     """Hands partitions to workers, epoch after epoch.
 
@@ -53,7 +119,7 @@ class PartitionQueue:
         self.partitions = list(partitions)
         self.epochs, self.shuffle, self.seed = epochs, shuffle, seed
         self.epoch_barrier = epoch_barrier
-        self._pending: deque[Task] = deque()
+        self._pending = _Pending()
         self._held: dict[int, list[Task]] = {}
         self._completed = np.zeros((epochs, len(self.partitions)), np.int64)
         self._handed = np.zeros((epochs, len(self.partitions)), np.int64)
@@ -62,6 +128,7 @@ class PartitionQueue:
         # The worker that last completed each partition: it gets the same
         # partition again when it can, so its key caches keep hitting.
         self._last_worker = np.full(len(self.partitions), -1, np.int64)
+        self._did: dict[int, set[int]] = {}  # worker -> the partitions it did last
 
     def bind(self, workers: list[int]) -> None:
         """Any worker may take any partition: the ranks change nothing."""
@@ -108,11 +175,8 @@ class PartitionQueue:
 
     def _take(self, worker: int) -> Task:
         """The first pending task this worker did last epoch, else the first."""
-        for i, task in enumerate(self._pending):
-            if self._last_worker[task.partition] == worker and task.attempt == 0:
-                del self._pending[i]
-                return task
-        return self._pending.popleft()
+        task = self._pending.take_first_try(self._did.get(worker, ()))
+        return task if task is not None else self._pending.popleft()
 
     def done(self, worker: int, task: Task) -> None:
         held = self._held.get(worker, [])
@@ -123,7 +187,15 @@ class PartitionQueue:
         if self._completed[task.epoch, task.partition]:
             raise QueueError(f"{task.path} completed twice in epoch {task.epoch}")
         self._completed[task.epoch, task.partition] = 1
-        self._last_worker[task.partition] = worker
+        self._set_last_worker(task.partition, worker)
+
+    def _set_last_worker(self, partition: int, worker: int) -> None:
+        old = int(self._last_worker[partition])
+        if old >= 0:
+            self._did[old].discard(partition)
+        self._last_worker[partition] = worker
+        if worker >= 0:
+            self._did.setdefault(worker, set()).add(partition)
 
     def requeue(self, worker: int) -> list[Task]:
         """Return a dead worker's unfinished tasks to the front of the queue."""
@@ -131,7 +203,7 @@ class PartitionQueue:
         again = [Task(t.epoch, t.partition, t.path, t.attempt + 1) for t in lost]
         for task in lost:
             self._lost[task.epoch, task.partition] += 1
-        self._pending.extendleft(reversed(again))
+        self._pending.push_front(again)
         return again
 
     def held(self, worker: int) -> list[Task]:
@@ -170,8 +242,12 @@ class PartitionQueue:
         self._lost = np.array(state["lost"], np.int64)
         self._opened = int(state["opened"])
         if "last_worker" in state:  # who did each partition last: same hand-out order
-            self._last_worker = np.array(state["last_worker"], np.int64)
-        self._pending = deque(Task(e, p, self.partitions[p], a) for e, p, a in state["pending"])
+            self._last_worker = np.full(len(self.partitions), -1, np.int64)
+            self._did = {}
+            for part, worker in enumerate(state["last_worker"]):
+                self._set_last_worker(part, int(worker))
+        self._pending = _Pending([Task(e, p, self.partitions[p], a)
+                                  for e, p, a in state["pending"]])
         self._held = {}
 
     @property
