@@ -192,3 +192,33 @@ def test_bpg_objective_falls_under_bounded_delay(tmp_path):
     assert len(train) == 24 and train[-1] < 0.8 * train[0], train
     sched = next(x for x in lines if x.get("split") == "consistency")
     assert sched["staleness_max"] <= 2
+
+
+def test_the_summary_kept_as_running_totals_equals_the_records():
+    """Progress lines read running totals (O(1) a line): they must say what
+    a pass over the task records says."""
+    import numpy as np
+
+    from mpips.consistency.clock import TaskClock
+    from mpips.consistency.policy import BoundedDelay
+    clock = TaskClock(BoundedDelay(3), workers=[1, 2, 3])
+    rng = np.random.default_rng(0)
+    open_tasks = []
+    for _ in range(400):
+        w = int(rng.integers(1, 4))
+        if open_tasks and rng.random() < 0.45:
+            t, tw = open_tasks.pop(int(rng.integers(len(open_tasks))))
+            clock.finish(t, tw)
+        else:
+            t = clock.next_ts
+            clock.requested(w)
+            clock.start(t, w)
+            open_tasks.append((t, w))
+    t, w = open_tasks[0]
+    clock.start(t, w)  # started again: replaces its record
+    recs = list(clock.records.values())
+    s = clock.summary()
+    assert s["tasks"] == len(recs)
+    assert s["staleness_max"] == max(r["staleness"] for r in recs)
+    assert s["staleness_mean"] == pytest.approx(np.mean([r["staleness"] for r in recs]))
+    assert s["wait_total"] == pytest.approx(sum(r["wait"] for r in recs))

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..app import QueueError, WorkQueue
 from .policy import Policy
 
@@ -129,6 +127,11 @@ class TaskClock:
         self.seq = 0
         self.t0 = time.monotonic()
         self.records: dict[tuple[int, int], dict[str, Any]] = {}
+        # running totals of the records, so that a progress line costs O(1),
+        # not a pass over every task ever issued
+        self._stale_sum = 0
+        self._stale_max = 0
+        self._wait_total = 0.0
         self.requested_at: dict[int, float] = {}
         self.first_request: dict[int, float] = {}
         self.last_finish: dict[int, float] = {}
@@ -172,6 +175,13 @@ class TaskClock:
         wait = now - self.requested_at.get(worker, now)
         self.wait_sum[worker] = self.wait_sum.get(worker, 0.0) + wait
         self.seq += 1
+        old = self.records.get((t, worker))
+        if old is not None:  # started again: the new start replaces it
+            self._stale_sum -= old["staleness"]
+            self._wait_total -= old["wait"]
+        self._stale_sum += staleness
+        self._stale_max = max(self._stale_max, staleness)
+        self._wait_total += round(wait, 6)
         self.records[(t, worker)] = {"ts": t, "worker": worker, "requested": round(
             self.requested_at.get(worker, now), 6), "start": round(now, 6),
             "start_seq": self.seq, "staleness": staleness, "wait": round(wait, 6)}
@@ -217,15 +227,13 @@ class TaskClock:
         return out
 
     def summary(self) -> dict[str, Any]:
-        recs = list(self.records.values())
-        stale = np.array([r["staleness"] for r in recs], np.int64)
-        wait = np.array([r["wait"] for r in recs])
+        n = len(self.records)
         return {"split": "consistency", "policy": str(self.policy), "tau": self.policy.tau,
-                "tasks": len(recs), "finished": self.watermark + len(self._finished_above),
-                "staleness_max": int(stale.max()) if stale.size else 0,
-                "staleness_mean": float(stale.mean()) if stale.size else 0.0,
-                "wait_mean": float(wait.mean()) if wait.size else 0.0,
-                "wait_total": float(wait.sum()),
+                "tasks": n, "finished": self.watermark + len(self._finished_above),
+                "staleness_max": self._stale_max,
+                "staleness_mean": self._stale_sum / n if n else 0.0,
+                "wait_mean": self._wait_total / n if n else 0.0,
+                "wait_total": self._wait_total,
                 "idle_fraction": {str(w): round(f, 4) for w, f in
                                   sorted(self.idle_fractions().items())}}
 
