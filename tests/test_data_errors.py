@@ -186,3 +186,25 @@ def test_cli_exit_code_and_help(tmp_path):
     assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_py("-m", "data_tools", "--help", timeout=60)
     assert proc.returncode == 0 and "convert" in proc.stdout and "synth" in proc.stdout
+
+
+def test_a_partition_that_differs_from_its_manifest_fails_naming_it(tmp_path):
+    """Rows or nonzeros other than the manifest's (a partition replaced by
+    another, or cut short): the reader refuses it when it opens, naming the
+    file, instead of training on it."""
+    import numpy as np
+
+    from mpips.data import PartitionError, PartitionReader, load_manifest, read_minibatches
+    from mpips.data.writer import Block, write_dataset
+    keys = np.arange(1, 13, dtype=np.uint64)
+    block = Block(np.ones(4, np.float32), np.array([0, 3, 6, 9, 12]), keys, None)
+    write_dataset(tmp_path / "a", block, {"kind": "test"}, 2, "test")
+    write_dataset(tmp_path / "b", block.slice(0, 3), {"kind": "test"}, 3, "test")
+    parts = load_manifest(tmp_path / "a").partitions
+    with PartitionReader(parts[0].path, expected=parts[0]) as r:  # as the manifest says
+        assert r.rows == 2
+    other = load_manifest(tmp_path / "b").partitions[0]  # 3 rows, 9 nonzeros
+    with pytest.raises(PartitionError, match="holds 3 rows, 9 nonzeros.*manifest says 2 rows"):
+        PartitionReader(other.path, expected=parts[0])
+    with pytest.raises(PartitionError, match=other.path):
+        list(read_minibatches([other.path], 2, expected=[parts[0]]))

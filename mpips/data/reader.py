@@ -88,7 +88,11 @@ def _open(path: str | Path) -> h5py.File:
 class PartitionReader:
     """Reads one partition in chunks of rows; a context manager."""
 
-    def __init__(self, path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(self, path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 expected: Any = None):
+        """``expected``: the manifest's entry of this partition
+        (:class:`~mpips.data.manifest.PartitionInfo`); its rows, nonzeros and
+        values must be what the file holds, or PartitionError names the file."""
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
         self.path = str(path)
@@ -98,8 +102,18 @@ class PartitionReader:
         self.nnz = int(self._h5["indices"].shape[0])
         self.has_values = "values" in self._h5
         if self._h5["indptr"].shape[0] != self.rows + 1:
+            self._h5.close()
             raise PartitionError(f"{path}: indptr has {self._h5['indptr'].shape[0]} entries "
                                  f"for {self.rows} rows")
+        if expected is not None and (expected.rows, expected.nnz, expected.has_values) != \
+                (self.rows, self.nnz, self.has_values):
+            self._h5.close()
+            raise PartitionError(
+                f"{path}: holds {self.rows} rows, {self.nnz} nonzeros"
+                f"{'' if self.has_values else ', no values'}; the manifest says "
+                f"{expected.rows} rows, {expected.nnz} nonzeros"
+                f"{'' if expected.has_values else ', no values'} (replaced or damaged: "
+                "python -m data_tools verify)")
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -161,8 +175,10 @@ class PartitionReader:
 
 
 def read_minibatches(paths: list[str], batch_rows: int,
-                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Minibatch]:
-    """Minibatches of several partitions in turn (one open file at a time)."""
-    for path in paths:
-        with PartitionReader(path, chunk_rows) as reader:
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                     expected: list[Any] | None = None) -> Iterator[Minibatch]:
+    """Minibatches of several partitions in turn (one open file at a time);
+    ``expected``: their manifest entries, checked as each opens."""
+    for i, path in enumerate(paths):
+        with PartitionReader(path, chunk_rows, expected[i] if expected else None) as reader:
             yield from reader.minibatches(batch_rows)

@@ -156,8 +156,9 @@ class LdaApp(App):
         identity = self.method == "identity"
         parts = self.manifest.partitions
         mine = split_by_size([p.rows for p in parts], po.num_workers)[po.worker_index()]
-        for path in (parts[i].path for i in mine):
-            with PartitionReader(path) as reader:
+        for info in (parts[i] for i in mine):
+            path = info.path
+            with PartitionReader(path, expected=info) as reader:
                 mb = reader.read(0, reader.rows)
             counts = check_counts(mb.indptr, mb.keys, mb.values,
                                   self.vocab_size if identity else None, path)

@@ -100,9 +100,9 @@ class LinearWorker:
         """The localised minibatches of one partition, kept for later epochs
         while ``[linear] cache_bytes`` allows (whole partitions only)."""
         from ...data.reader import PartitionError, read_minibatches
+        info = next(p for p in self.app.train.partitions if p.path == path)
         if self.app.cfg.data.verify == "sha256" and path not in self.verified:
             from ...data.verify import check_partition
-            info = next(p for p in self.app.train.partitions if p.path == path)
             problems = check_partition(path, info, self.app.train.raw.get("labels") == "binary")
             if problems:
                 raise PartitionError("; ".join(problems))
@@ -111,7 +111,7 @@ class LinearWorker:
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         keep: list[Batch] | None = [] if self.app.epochs > 1 else None
         size = 0
-        for mb in read_minibatches([path], mb_rows, chunk):
+        for mb in read_minibatches([path], mb_rows, chunk, [info]):
             batch = batch_of(mb, self.lc.bias)
             if keep is not None:
                 size += batch_bytes(batch)

@@ -110,6 +110,7 @@ class SketchApp(App):
         super().__init__(cfg)
         self.sc = cfg.sketch
         self.params = sketch_params(cfg)
+        self._parts: dict | None = None  # hdf5 source: path -> manifest entry
         if self.sc.source in ("file", "dir", "news20", "hdf5") and not self.sc.path:
             raise ConfigError(f"{cfg.source}: [sketch] source = {self.sc.source!r} needs "
                              "[sketch] path")
@@ -157,7 +158,11 @@ class SketchApp(App):
     def _hdf5(self, po: Postoffice):
         task = po.next_task()
         while task is not None:
-            yield from hdf5_batches([task["path"]], max(1, self.sc.batch // 64))
+            if self._parts is None:  # the manifest's entries: each file checked as it opens
+                from ...data import load_manifest
+                self._parts = {p.path: p for p in load_manifest(self.sc.path).partitions}
+            yield from hdf5_batches([task["path"]], max(1, self.sc.batch // 64),
+                                    [self._parts[task["path"]]])
             task = po.next_task(done=task)
 
     def run_worker(self, po: Postoffice) -> dict[str, Any]:

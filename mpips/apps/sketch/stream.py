@@ -287,8 +287,10 @@ def dir_stream(folder: str | Path, worker: int, workers: int, item_type: str,
         time.sleep(poll)
 
 
-def hdf5_batches(paths: list[str], batch_rows: int) -> Iterator[Batch]:
-    """Every nonzero of a converted partition is one item (its stored key)."""
+def hdf5_batches(paths: list[str], batch_rows: int,
+                 expected: list | None = None) -> Iterator[Batch]:
+    """Every nonzero of a converted partition is one item (its stored key);
+    ``expected``: the partitions' manifest entries, checked as each opens."""
     from ...data import read_minibatches
-    for mb in read_minibatches(paths, batch_rows):
+    for mb in read_minibatches(paths, batch_rows, expected=expected):
         yield Batch(mb.keys, None, mb.nnz)
