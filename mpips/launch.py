@@ -33,10 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .status import ENDED_WELL, read_status, status_path
+from .status import ENDED_WELL, EXIT_PEERS_LOST, read_status, status_path
 
 DEFAULT_RANKS = 4
-EXIT_PEERS_LOST = 75  # as mpips.scheduler.failures.EXIT_PEERS_LOST (no import of it here)
 FINAL = (*ENDED_WELL, "failed")
 FINAL_STATUS_WAIT = 3.0  # seconds a launcher that exited 0 waits for the job's last status
 # The package's parent folder: ranks of a source checkout (no pip install) import it too.

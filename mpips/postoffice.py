@@ -412,12 +412,11 @@ class Postoffice:
             self.van.finalize_and_exit(int(exc.code or 1))
         cause = f"{type(exc).__name__}: {exc}"
         text = f"mpips: {self.who} failed: {cause}"
+        code = getattr(exc, "exit_code", 1)
         if self.is_scheduler:
-            write_status(self.cfg.job.output, "failed", code=getattr(exc, "exit_code", 1),
-                         message=text)
+            write_status(self.cfg.job.output, "failed", code=code, message=text)
         if os.environ.get("MPIPS_TRACEBACK"):
             traceback.print_exc()
         print(text, file=sys.stderr, flush=True)
-        code = getattr(exc, "exit_code", 1)
         self.van.abort_all(text, code)
         self.van.finalize_and_exit(code)

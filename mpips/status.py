@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 STATUS = "status.json"
+# Exit status of a job the launcher ended after ranks or a host were lost
+# (EX_TEMPFAIL): a failure, not a finished or preempted job; slurm/train.sbatch
+# requeues it and the next run resumes from the last checkpoint.
+EXIT_PEERS_LOST = 75
 # What a job that finished or stopped on purpose says; anything else, or no
 # file from this run, means it was lost.
 ENDED_WELL = ("done", "preempted")

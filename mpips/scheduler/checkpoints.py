@@ -165,12 +165,8 @@ class Checkpoints:
             queue.restore(_by_worker_index(manifest, po.layout.workers))
             self.tasks_at = queue.tasks_done
         self.resumed_counters = manifest.get("counters") or {}
-        totals: dict[str, float] = {}
-        for c in self.resumed_counters.values():
-            for k, v in c.items():
-                if isinstance(v, (int, float)):
-                    totals[k] = totals.get(k, 0.0) + v
-        self.sched.app.restore_state(manifest.get("app") or {}, totals)
+        self.sched.app.restore_state(manifest.get("app") or {},
+                                     self.sched.sum_counters(self.resumed_counters.values()))
         self.next_id = manifest["id"] + 1
         print(f"mpips: resumed from checkpoint {manifest['id']} ({manifest['folder']}): "
               f"{sum(f['keys'] for f in manifest['files'])} keys"

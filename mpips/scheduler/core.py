@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..app import App
@@ -150,12 +151,18 @@ class Scheduler:
     def _all_done(self) -> bool:
         return all(r in self.done for r in self.live(self.po.layout.workers))
 
-    def _print_progress(self, elapsed: float) -> None:
+    @staticmethod
+    def sum_counters(counters: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """The workers' progress counters summed, numbers only."""
         totals: dict[str, float] = {}
-        for c in self.counters.values():
+        for c in counters:
             for k, v in c.items():
                 if isinstance(v, (int, float)):
                     totals[k] = totals.get(k, 0.0) + v
+        return totals
+
+    def _print_progress(self, elapsed: float) -> None:
+        totals = self.sum_counters(self.counters.values())
         if not totals:
             return
         line = self.app.progress_line(totals, elapsed)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..layout import SERVER, WORKER
 from ..postoffice import END_RANK, Command
 from ..ring import RingError
+from ..status import EXIT_PEERS_LOST
 from ..transport import Message, Op
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ class JobFailed(RuntimeError):
     exit_code = 1
 
 
-# Exit status of a job the launcher ended after ranks or a host were lost
-# (EX_TEMPFAIL): a failure, not a finished or preempted job; slurm/train.sbatch
-# requeues it and the next run resumes from the last checkpoint.
-EXIT_PEERS_LOST = 75
 # A SIGTERM this soon after a rank failure is taken for the launcher ending
 # the job because of it (Open MPI's does so about 3 s after losing a host's
 # daemon), not for a preemption.
