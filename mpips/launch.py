@@ -112,6 +112,30 @@ class Launch:
     notes: list[str] = field(default_factory=list)
 
 
+# launcher arguments that place ranks on other hosts (Open MPI, MPICH)
+HOST_ARGS = ("--host", "-H", "-host", "--hostfile", "-hostfile", "--machinefile",
+             "-machinefile", "-f", "--default-hostfile")
+
+
+def on_one_host(env: dict[str, str], extra: list[str]) -> bool:
+    """Whether every rank starts on this host: no multi-node allocation,
+    no host list among the launcher arguments."""
+    if in_slurm(env) and int(env.get("SLURM_JOB_NUM_NODES", "1") or 1) > 1:
+        return False
+    return not any(a.split("=", 1)[0] in HOST_ARGS for a in extra)
+
+
+def leave_out_network_probe(env: dict[str, str], notes: list[str]) -> None:
+    """On one host Open MPI's shared memory carries all traffic, but its
+    libfabric (ofi) transport still probes the network at MPI_Init, which
+    sleeps for a second (seen with strace in every rank): leave it out
+    unless the user chose the transports (OMPI_MCA_btl)."""
+    if "OMPI_MCA_btl" not in env:
+        env["OMPI_MCA_btl"] = "^ofi"
+        notes.append("one host: Open MPI's network transport ofi left out "
+                     "(OMPI_MCA_btl=^ofi; set OMPI_MCA_btl to choose)")
+
+
 def in_slurm(env: dict[str, str]) -> bool:
     return bool(env.get("SLURM_JOB_ID"))
 
@@ -160,6 +184,8 @@ def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = 
             raise LaunchError("srun not found")
         notes.append("srun: no ULFM (failed ranks end the job; recovery is checkpoint/"
                      "restart with --resume)")
+        if on_one_host(env, extra or []):
+            leave_out_network_probe(env, notes)  # harmless to an MPICH
         return Launch(["srun", "--mpi=pmix", f"--ntasks={ranks}", *(extra or []), *program],
                       env, notes)
     if launcher != "mpiexec":
@@ -176,6 +202,8 @@ def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = 
             cmd += ["--oversubscribe", "--bind-to", "none"]
             env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
             notes.append(f"{per_node} ranks on {cores} cores: oversubscribed, idle ranks yield")
+        if on_one_host(env, extra or []):
+            leave_out_network_probe(env, notes)
         if ft and mpi.ulfm:
             cmd += ["--with-ft", "ulfm"]
             notes.append("ULFM: failed ranks are survived")
@@ -306,7 +334,9 @@ def supervise(launch: Launch) -> int:
     try:
         # A session of its own: the terminal's Ctrl-C reaches this process
         # only, not mpiexec (which would end the ranks at once, no checkpoint).
-        child = subprocess.Popen(launch.cmd, env=launch.env, start_new_session=True)
+        # the ranks time their start-up from here (mpips.apps.linear.worker)
+        env = dict(launch.env, MPIPS_LAUNCH_TIME=f"{time.time():.6f}")
+        child = subprocess.Popen(launch.cmd, env=env, start_new_session=True)
         if asked:
             act()
         return child.wait()

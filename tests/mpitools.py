@@ -20,6 +20,8 @@ def mpi_env() -> dict[str, str]:
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # More ranks than cores here: yield instead of busy-polling in MPI calls.
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    # One host: what mpips run sets (mpips.launch.leave_out_network_probe).
+    env.setdefault("OMPI_MCA_btl", "^ofi")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -43,6 +43,24 @@ def test_open_mpi_gets_ulfm_oversubscription_and_root_variables_where_needed():
     assert "--with-ft" not in four.cmd and "no ULFM" in " ".join(four.notes)
 
 
+def test_one_host_leaves_out_open_mpis_network_probe_unless_told(monkeypatch):
+    """Open MPI's ofi transport sleeps a second in MPI_Init; on one host
+    shared memory carries the traffic, so the launcher leaves it out, but
+    never on several hosts or where the user chose the transports."""
+    assert build(4, PROGRAM, env={}, cores=2, mpi=OPENMPI5).env["OMPI_MCA_btl"] == "^ofi"
+    mine = build(4, PROGRAM, env={"OMPI_MCA_btl": "self,tcp"}, cores=2, mpi=OPENMPI5)
+    assert mine.env["OMPI_MCA_btl"] == "self,tcp"
+    for extra in (["--host", "a,b"], ["--hostfile=hosts"], ["-H", "a:2,b:2"]):
+        assert "OMPI_MCA_btl" not in build(4, PROGRAM, env={}, cores=2, mpi=OPENMPI5,
+                                           extra=extra).env
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    many = build(8, PROGRAM, launcher="srun", env={"SLURM_JOB_ID": "7",
+                                                   "SLURM_JOB_NUM_NODES": "2"})
+    one = build(8, PROGRAM, launcher="srun", env={"SLURM_JOB_ID": "7",
+                                                  "SLURM_JOB_NUM_NODES": "1"})
+    assert "OMPI_MCA_btl" not in many.env and one.env["OMPI_MCA_btl"] == "^ofi"
+
+
 def test_mpich_gets_no_open_mpi_flags_and_is_told_recovery_is_restart():
     lo = build(8, PROGRAM, env={}, cores=2, mpi=MPIInfo("mpich", "4.2.1", "mpiexec"),
                is_root=True)
