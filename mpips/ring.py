@@ -13,9 +13,24 @@ that equal ranges carry equal load.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+
+def equal_cuts(n: int) -> np.ndarray:
+    """``floor(r * 2**64 / n)`` for r < n, exactly, in uint64: r * q + r * m // n
+    with 2**64 = q * n + m (r * q < 2**64 and r * m < n**2 < 2**64)."""
+    if n == 1:
+        return np.zeros(1, np.uint64)
+    if n >= 1 << 32:
+        raise ValueError(f"{n} ranges: the ring holds fewer than 2**32")
+    q, m = divmod(1 << 64, n)
+    r = np.arange(n, dtype=np.uint64)
+    cuts = r * np.uint64(q) + r * np.uint64(m) // np.uint64(n)
+    cuts.setflags(write=False)
+    return cuts
 
 
 class RingError(RuntimeError):
@@ -46,7 +61,7 @@ class KeyRing:
     hosts: tuple[int, ...] = ()  # host id of each server; () = all on one host
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     owners: np.ndarray = field(init=False, repr=False, compare=False)
-    prefs: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    _holders: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.servers < 1:
@@ -62,38 +77,56 @@ class KeyRing:
         if self.hosts and len(self.hosts) != self.servers:
             raise ValueError(f"{len(self.hosts)} host ids for {self.servers} servers")
         nranges = self.servers * self.virtual_servers
-        # Equal cuts of [0, 2**64), computed exactly with Python ints.
-        bounds = np.array([(r << 64) // nranges for r in range(nranges)], dtype=np.uint64)
-        bounds.setflags(write=False)
-        prefs = tuple(self._preference(h) for h in range(self.servers))
-        object.__setattr__(self, "prefs", prefs)
-        owners = np.array([self._live(r)[0] for r in range(nranges)], np.int64)
+        object.__setattr__(self, "bounds", equal_cuts(nranges))
+        holders = self._holders_by_home()
+        holders.setflags(write=False)
+        owners = holders[np.arange(nranges) % self.servers, 0]
         owners.setflags(write=False)
-        object.__setattr__(self, "bounds", bounds)
+        object.__setattr__(self, "_holders", holders)
         object.__setattr__(self, "owners", owners)
 
-    def _preference(self, home: int) -> tuple[int, ...]:
-        """Servers in ring order from ``home``, one per host in each round."""
-        S = self.servers
-        pending = [(home + i) % S for i in range(S)]
-        if not self.hosts:
-            return tuple(pending)
-        order: list[int] = []
-        while pending:
+    def _preference(self, home: int, hosts_in_round: list[int]) -> Iterator[int]:
+        """Servers in ring order from ``home``, one per host in each round
+        (every server once, dead ones too: failover keeps this order).
+        ``hosts_in_round[j]``: the hosts with more than j servers, so round
+        j ends once that many have given one. Lazy: the first few servers
+        cost a few steps, not the whole ring."""
+        S, hosts = self.servers, self.hosts
+        if len(hosts_in_round) == 0 or hosts_in_round[0] <= 1:
+            yield from ((home + i) % S for i in range(S))
+            return
+        taken: set[int] = set()
+        for needed in hosts_in_round:
             used: set[int] = set()
-            rest = []
-            for s in pending:
-                if self.hosts[s] in used:
-                    rest.append(s)
-                else:
-                    order.append(s)
-                    used.add(self.hosts[s])
-            pending = rest
-        return tuple(order)
+            for i in range(S):
+                s = (home + i) % S
+                if s in taken or hosts[s] in used:
+                    continue
+                taken.add(s)
+                used.add(hosts[s])
+                yield s
+                if len(used) == needed:
+                    break  # every host with a server left in this round has given one
 
-    def _live(self, r: int) -> list[int]:
-        """Range ``r``'s live servers in its preference order."""
-        return [s for s in self.prefs[r % self.servers] if s not in self.dead]
+    def _holders_by_home(self) -> np.ndarray:
+        """For each home server, its first k + 1 live servers in preference
+        order (owner first; -1 where fewer are alive)."""
+        S, want = self.servers, self.replication + 1
+        per_host = np.bincount(np.asarray(self.hosts, np.int64)) if self.hosts else \
+            np.zeros(0, np.int64)
+        per_host = per_host[per_host > 0]
+        hosts_in_round = [int((per_host > j).sum()) for j in range(int(per_host.max(initial=0)))]
+        out = np.full((S, want), -1, np.int64)
+        dead = self.dead
+        for home in range(S):
+            row, n = out[home], 0
+            for s in self._preference(home, hosts_in_round):
+                if s not in dead:
+                    row[n] = s
+                    n += 1
+                    if n == want:
+                        break
+        return out
 
     @property
     def hosts_of_copies(self) -> int:
@@ -128,7 +161,7 @@ class KeyRing:
     def replicas(self, r: int) -> list[int]:
         """The k live servers after range ``r``'s owner in its preference
         order (fewer when fewer are alive), owner excluded."""
-        return self._live(r)[1: 1 + self.replication]
+        return [int(s) for s in self._holders[r % self.servers, 1:] if s >= 0]
 
     def holders(self, r: int) -> list[int]:
         """Owner and replicas of range ``r``."""

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mpips.keys import KEY_MAX, check_keys, hash_feature, mix64
-from mpips.ring import KeyRing
+from mpips.ring import KeyRing, equal_cuts
 
 
 def test_mix64_known_values_and_bijection():
@@ -138,3 +138,51 @@ def test_one_host_keeps_the_plain_ring_order():
     assert [a.holders(r) for r in range(a.num_ranges)] == \
         [b.holders(r) for r in range(b.num_ranges)]
     assert b.hosts_of_copies == 1 and KeyRing(4, 1, 1, hosts=spread(4, 2)).hosts_of_copies == 2
+
+
+def reference_holders(servers: int, hosts: tuple[int, ...], dead: set[int], home: int,
+                      want: int) -> list[int]:
+    """The preference order written out in full (the ring's definition):
+    ring order from home, one server per host in each round; dead left out."""
+    pending = [(home + i) % servers for i in range(servers)]
+    order: list[int] = []
+    while pending:
+        used, rest = set(), []
+        for s in pending:
+            if hosts and hosts[s] in used:
+                rest.append(s)
+            else:
+                order.append(s)
+                if hosts:
+                    used.add(hosts[s])
+        pending = rest if hosts else []
+    return [s for s in order if s not in dead][:want]
+
+
+def test_owners_and_replicas_follow_the_preference_order_exactly():
+    """The ring finds each range's first k + 1 live servers without writing
+    out whole preference orders (O(S^2) at thousands of servers): the same
+    holders as the full definition, for random hosts, counts and deaths."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        servers = int(rng.integers(1, 40))
+        k = int(rng.integers(0, min(servers, 4)))
+        nhosts = int(rng.integers(1, 6))
+        hosts = () if rng.random() < 0.2 else tuple(int(h) for h in rng.integers(0, nhosts,
+                                                                                 servers))
+        dead = set(rng.choice(servers, int(rng.integers(0, servers)), replace=False).tolist())
+        ring = KeyRing(servers, int(rng.integers(1, 4)), k, dead=frozenset(dead), hosts=hosts)
+        for r in range(ring.num_ranges):
+            want = reference_holders(servers, hosts, dead, r % servers, k + 1)
+            assert ring.holders(r) == want, (servers, hosts, dead, k, r)
+
+
+def testequal_cuts_are_exact_at_any_range_count():
+    for n in (1, 2, 3, 7, 1000, 96_000, 3 * 10**6 + 1):
+        ring_cuts = KeyRing(n, 1).bounds if n <= 1000 else None
+        cuts = equal_cuts(n)
+        picks = np.unique(np.r_[0, 1, n // 2, n - 1, np.arange(0, n, max(1, n // 97))])
+        picks = picks[picks < n]
+        assert [int(cuts[r]) for r in picks] == [(int(r) << 64) // n for r in picks]
+        if ring_cuts is not None:
+            assert np.array_equal(ring_cuts, cuts)
