@@ -30,6 +30,36 @@ def test_shards_manifest_verify_and_load(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_ranges_are_found_from_the_key_index_and_read_alone(tmp_path, monkeypatch):
+    """A resuming server reads its ranges from a shard's key index and one
+    short slice: the same entries as a search of all its keys, and the keys
+    outside the range are never read."""
+    monkeypatch.setattr(ck, "INDEX_STEP", 64)
+    rng = np.random.default_rng(1)
+    keys = np.unique(rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True))
+    vals = rng.random((keys.size, 1)).astype(np.float32)
+    entry = ck.write_shard(tmp_path, 0, 0, {"w": (keys, vals, {})})
+    ck.write_manifest(tmp_path, 0, {"files": [entry]}, keep=2)
+    m = ck.newest_complete(tmp_path)
+    cuts = [0, 1, int(keys[0]), int(keys[63]), int(keys[64]), int(keys[65]), int(keys[-1]),
+            2**63, 2**64 - 1, 2**64, *rng.integers(0, 2**64 - 1, 40, dtype=np.uint64).tolist()]
+    for lo in cuts:
+        for hi in cuts:
+            if lo >= hi:
+                continue
+            k, v, _ = ck.load_ranges(m, "w", lo, hi)
+            a = int(np.searchsorted(keys, np.uint64(lo)))
+            b = keys.size if hi >= 2**64 else int(np.searchsorted(keys, np.uint64(hi)))
+            np.testing.assert_array_equal(k, keys[a:b])
+            np.testing.assert_array_equal(v, vals[a:b])
+    read = []
+    real = ck.h5py.Dataset.__getitem__
+    monkeypatch.setattr(ck.h5py.Dataset, "__getitem__",
+                        lambda ds, sel: read.append((ds.name, sel)) or real(ds, sel))
+    ck.load_ranges(m, "w", int(keys[5000]), int(keys[5010]))
+    assert ("/tables/w/keys", Ellipsis) not in read, read  # never the whole key array
+
+
 def test_keep_prunes_and_corrupt_ones_are_skipped(tmp_path):
     for i in range(4):
         e = ck.write_shard(tmp_path, i, 0, {"w": (np.array([i], np.uint64),
