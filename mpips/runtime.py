@@ -105,9 +105,12 @@ def _serve(po: Postoffice, app: App) -> None:
         stopped = True
 
     po.on(Op.STOP, stop)
+    serving = time.perf_counter()
     po.serve_forever(lambda: stopped)
     result: dict[str, Any] = {"keys": server.num_keys, "bytes": server.nbytes,
-                              "requests": server.requests}
+                              "requests": server.requests,
+                              "busy_seconds": round(server.busy_seconds, 6),
+                              "serve_seconds": round(time.perf_counter() - serving, 6)}
     result.update(app.on_server_stop(po, server))
     po.send(po.layout.scheduler, Message(op=Op.STOPPED, meta=Message.jmeta(result)))
 

@@ -113,16 +113,37 @@ def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
     memory, [linear] cache_bytes): with one worker the model is bit for bit
     the one read and localised again every epoch."""
 
-    weights = []
+    weights, rounds = [], []
     for cache in (0, 1 << 30):
         out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
                     "data.shuffle=false", "data.epochs=3", f"linear.cache_bytes={cache}",
                     n=3, name=f"cache{cache}")
         with h5py.File(out / "model.h5") as h5:
             weights.append((h5["keys"][:], h5["weights"][:]))
+        # the test share is kept too: every round scores the same rows alike
+        rounds.append(sorted((m["epoch"], m["rows"], m["auc"], m["logloss"])
+                             for m in metrics(out) if m["split"] == "test"))
     (k0, w0), (k1, w1) = weights
     assert np.array_equal(k0, k1) and np.array_equal(w0, w1)
     assert np.abs(w0).sum() > 0
+    assert rounds[0] == rounds[1] and len(rounds[0]) == 3, rounds
+
+
+def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):
+    """The job's end: seconds per worker phase (they add up to the worker's
+    time), start-up to the first push, and the servers' busy share."""
+    from mpips.apps.linear.worker import PHASES
+    out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr), n=4)
+    stdout = (tmp_path / "run.stdout").read_text()
+    assert "time per worker (mean of 2" in stdout and "ns/nonzero" in stdout, stdout
+    assert "s after launch" in stdout and "servers busy" in stdout, stdout
+    final = metrics(out)[-1]
+    phases = final["worker_phases"]
+    assert set(phases) == {*PHASES, "other"} and all(v >= 0 for v in phases.values())
+    assert phases["gradient"] > 0 and phases["localise"] > 0 and phases["evaluate"] > 0
+    assert sum(phases.values()) == pytest.approx(final["worker_seconds"], rel=0.01)
+    assert 0 < final["first_push_s"] < 120 and final["server_busy_s"] > 0
+    assert final["server_busy_s"] <= final["server_serve_s"]
 
 
 def test_bench_peers_runs_every_system_on_the_same_rows(ctr, tmp_path):
@@ -140,6 +161,7 @@ def test_bench_peers_runs_every_system_on_the_same_rows(ctr, tmp_path):
     for r in rows:  # a planted model: every learner finds it
         assert r["auc"] > 0.7 and r["wall"] > 0 and r["examples"] > 0, r
     assert "x VW" in proc.stdout and "to AUC" in proc.stdout
+    assert "mpips, seconds per worker (median of 1 rounds" in proc.stdout, proc.stdout
 
 
 def test_fewer_partitions_than_workers_is_said_at_start(ctr, tmp_path):

@@ -94,16 +94,15 @@ def auc_logloss(margin: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 # ---- one run of each system -------------------------------------------------------
 def run_mpips(job: str, train: str, test: str, np_: int, overrides: list[str],
               target: float | None) -> dict[str, Any]:
-    env = dict(os.environ, OMPI_MCA_mpi_yield_when_idle="1",
-               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    from ..launch import build
     with tempfile.TemporaryDirectory() as out:
-        cmd = ["mpiexec", "-n", str(np_), "--oversubscribe", sys.executable, "-m", "mpips",
-               "train", job, "-o", f"data.train={train}", "-o", f"data.test={test}",
-               "-o", f"job.output={out}", "-o", "linear.save_model=false",
-               *[a for o in overrides for a in ("-o", o)]]
+        program = [sys.executable, "-m", "mpips", "train", job, "-o", f"data.train={train}",
+                   "-o", f"data.test={test}", "-o", f"job.output={out}",
+                   "-o", "linear.save_model=false", *[a for o in overrides for a in ("-o", o)]]
+        launch = build(np_, program)  # the flags and environment mpips run gives a user
+        cmd, env = launch.cmd, launch.env
         t0 = time.perf_counter()
+        env["MPIPS_LAUNCH_TIME"] = f"{time.time():.6f}"  # the ranks time start-up from here
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=1800)
         wall = time.perf_counter() - t0
@@ -118,7 +117,9 @@ def run_mpips(job: str, train: str, test: str, np_: int, overrides: list[str],
         (startup + t["time"] for t in tests if t["auc"] >= target), None)
     return {"system": "mpips", "wall": wall, "to_target": hit, "auc": final["auc"],
             "logloss": final.get("logloss"), "train_seconds": final["job_seconds"],
-            "examples": final["examples"], "startup": startup}
+            "examples": final["examples"], "startup": startup,
+            "first_push": final.get("first_push_s"), "phases": final.get("worker_phases"),
+            "worker_seconds": final.get("worker_seconds")}
 
 
 def run_vw(train_vw: Path, test_vw: Path, test_y: np.ndarray, passes: int, examples: int,
@@ -268,7 +269,21 @@ def run(args: argparse.Namespace) -> int:
                 r["to_target"] = r["wall"]
     print(f"\n{args.rounds} rounds, interleaved; load average {min(loads):.1f}-{max(loads):.1f}")
     print(table(results, target))
+    timed = [r for r in results if r["system"] == "mpips" and r.get("phases")]
+    if timed:
+        print(phase_line(timed))
     return 0
+
+
+def phase_line(runs: list[dict[str, Any]]) -> str:
+    """mpips: the median seconds of each worker phase over the rounds (the
+    job's own table, mpips.apps.linear.app.time_table), and start-up."""
+    med = {k: statistics.median(r["phases"].get(k, 0.0) for r in runs) for k in runs[0]["phases"]}
+    total = statistics.median(r["worker_seconds"] for r in runs)
+    parts = ", ".join(f"{k} {v:.2f} ({100 * v / max(total, 1e-9):.0f}%)" for k, v in med.items())
+    first = [r["first_push"] for r in runs if r.get("first_push") is not None]
+    return (f"mpips, seconds per worker (median of {len(runs)} rounds, {total:.2f} s): {parts}"
+            + (f"; first push {statistics.median(first):.2f} s after launch" if first else ""))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ class KVServer:
         self._promoted_version = -1  # ring version under which ranges were promoted
         self.requests = 0
         self.keys_served = 0
+        self.busy_seconds = 0.0  # in handle(): the job's end reports it against idle time
         self.resumed = False  # a checkpoint's ranges are loaded (RESUME)
         self.filters = ServerFilters(po)
         po.add_stats(("server",), self.filters.stats)
@@ -187,6 +188,13 @@ class KVServer:
 
     # ---- requests -----------------------------------------------------------------
     def handle(self, msg: Message) -> None:
+        t = time.perf_counter()
+        try:
+            self._handle(msg)
+        finally:
+            self.busy_seconds += time.perf_counter() - t
+
+    def _handle(self, msg: Message) -> None:
         # filters (issue 6): keys and values as the worker gave them, decoded in
         # arrival order (key caches replay the sender's), before any deferral
         msg = self.filters.decode_request(msg)

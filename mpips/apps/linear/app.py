@@ -283,10 +283,11 @@ class LinearApp(App):
                 self._written_rounds.add(ev["round"])
                 self._write_metrics(_test_record(ev))
         final: dict[str, Any] = {}
+        spent = time_spent(workers, servers)
         if evals:
             final = dict(evals[-1], final=True, job_seconds=round(elapsed, 3),
                          train_examples_per_s=examples / elapsed,
-                         algorithm=self.lc.algorithm, lr_scale=self.lr_scale)
+                         algorithm=self.lc.algorithm, lr_scale=self.lr_scale, **spent)
             if self.lc.data == "synthetic":
                 final["planted"] = self._planted_reference()
         shards = [s["model_shard"] for s in servers if s.get("model_shard")]
@@ -312,6 +313,9 @@ class LinearApp(App):
             print(f"update: {self.lc.algorithm} {rate} {value:g} / mean |feature value| "
                   f"{self.lr_scale:.4g} = {value / self.lr_scale:.4g} ([linear] lr_scale)",
                   flush=True)
+        if spent:
+            nonzeros = sum(w.get("counters", {}).get("nonzeros", 0) for w in workers)
+            print(time_table(spent, examples, nonzeros), flush=True)
         print(f"{examples} examples in {elapsed:.1f} s ({examples / elapsed:.4g}/s); "
               f"{model_keys} weights" + (f" in {model_path}" if shards else "")
               + f"; metrics in {out}/metrics.jsonl", flush=True)
@@ -337,6 +341,47 @@ class LinearApp(App):
         rows, margin = data.rows(self.lc.synthetic_test_rows, 0)
         m = metrics_of(margin, rows.labels.astype(np.float64), "logistic")
         return {"logloss": m["logloss"], "accuracy": m["accuracy"], "auc": m["auc"]}
+
+
+def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the time went: the mean seconds of the workers' phases, the
+    latest first push after launch, the servers' busy and serving seconds."""
+    times = [w["time"] for w in workers if w.get("time")]
+    if not times:
+        return {}
+    phases = {k: sum(t["phases"].get(k, 0.0) for t in times) / len(times)
+              for k in times[0]["phases"]}
+    first = [t["first_push"] for t in times if t.get("first_push") is not None]
+    return {"worker_seconds": sum(t["seconds"] for t in times) / len(times),
+            "worker_phases": phases, "workers_timed": len(times),
+            "first_push_s": max(first) if first else None,
+            "server_busy_s": sum(s.get("busy_seconds", 0.0) for s in servers),
+            "server_serve_s": sum(s.get("serve_seconds", 0.0) for s in servers),
+            "servers_timed": sum("busy_seconds" in s for s in servers)}
+
+
+def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:
+    """The job's end: each worker phase in seconds, share, per example and
+    per nonzero (a worker's seconds over its share of the rows)."""
+    n, total = spent["workers_timed"], spent["worker_seconds"]
+    per_ex, per_nz = examples / n, nonzeros / n  # one worker's share
+    lines = [f"time per worker (mean of {n}, {total:.2f} s each):",
+             f"  {'phase':12s} {'s':>8s} {'%':>6s} {'us/example':>11s} {'ns/nonzero':>11s}"]
+    for name, sec in spent["worker_phases"].items():
+        lines.append(f"  {name:12s} {sec:8.3f} {100 * sec / max(total, 1e-9):6.1f} "
+                     f"{1e6 * sec / per_ex if per_ex else 0.0:11.3f} "
+                     f"{1e9 * sec / per_nz if per_nz else 0.0:11.2f}")
+    tail = []
+    if spent.get("first_push_s") is not None:
+        tail.append(f"first push {spent['first_push_s']:.2f} s after launch")
+    if spent.get("servers_timed"):
+        busy, serve = spent["server_busy_s"], spent["server_serve_s"]
+        tail.append(f"servers busy {busy:.2f} s of {serve:.2f} s serving "
+                    f"({100 * busy / max(serve, 1e-9):.0f}%, {spent['servers_timed']} "
+                    "server(s))")
+    if tail:
+        lines.append("  " + "; ".join(tail))
+    return "\n".join(lines)
 
 
 def _test_record(ev: dict[str, Any]) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from ...keys import mix64
 from ...kv.worker import KVWorker
 from ...postoffice import Postoffice
 from .model import (
+    Batch,
     auc_exact,
     auc_from_histograms,
+    batch_bytes,
     batch_of,
     logloss_terms,
     loss_terms,
@@ -67,6 +69,9 @@ class Evaluator:
         self.evals: list[dict[str, Any]] = []
         self.epochs = {e for e in range(app.epochs - 1) if app.test_rows
                        and self.lc.eval_every and (e + 1) % self.lc.eval_every == 0}
+        # this worker's localised test share, kept for the next rounds when
+        # it fits in [linear] cache_bytes (None: not read yet, or too big)
+        self._kept: list[tuple[Batch, int]] | None = None
 
     def survivors(self) -> None:
         """After a worker died, the survivors share the final scoring, and the
@@ -79,6 +84,25 @@ class Evaluator:
                   f"{self.workers - len(live)} worker(s) died", flush=True)
         self.pending_rounds = []
         self.index, self.workers = live.index(self.po.rank), len(live)
+        self._kept = None  # the shares are cut anew
+
+    def _test_batches(self) -> Iterator[tuple[Batch, int]]:
+        """This worker's localised test share (see ``_test_share``), kept
+        after the first round while it fits in ``[linear] cache_bytes``."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        keep: list[tuple[Batch, int]] | None = [] if len(self.epochs) else None
+        size = 0
+        for mb, first in self._test_share():
+            batch = batch_of(mb, self.lc.bias)
+            if keep is not None:
+                size += batch_bytes(batch)
+                keep = keep if size <= self.lc.cache_bytes else None
+                if keep is not None:
+                    keep.append((batch, first))
+            yield batch, first
+        self._kept = keep
 
     def _test_share(self) -> Iterator[tuple[Minibatch, int]]:
         """This worker's test rows in pieces, with the global id of each piece's first row."""
@@ -104,9 +128,14 @@ class Evaluator:
         nbins = lc.auc_bins
         sums = np.zeros(FIRST_BIN + 2 * nbins)
         row_pushes: list[int] = []
-        for mb, first in self._test_share():
-            batch = batch_of(mb, lc.bias)
-            w = kv.wait(kv.pull(batch.keys))[:, 0].astype(np.float64)
+        batches = self._test_batches()
+        nxt = next(batches, None)
+        ahead = kv.pull(nxt[0].keys) if nxt is not None else None
+        while nxt is not None:
+            (batch, first), ts = nxt, ahead
+            nxt = next(batches, None)  # the next piece's weights travel meanwhile
+            ahead = kv.pull(nxt[0].keys) if nxt is not None else None
+            w = kv.wait(ts)[:, 0].astype(np.float64)
             margin = batch.X @ w
             y = batch.y
             sums[SLOT_ROWS] += y.size

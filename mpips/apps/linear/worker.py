@@ -4,6 +4,7 @@ gradient is computed, at most ``max_inflight`` requests outstanding."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -21,6 +22,54 @@ if TYPE_CHECKING:
     from .app import LinearApp
 
 
+PHASES = ("read", "localise", "gradient", "issue", "pull wait", "window wait",
+          "task end", "evaluate")
+
+
+def launched_at() -> float | None:
+    """Wall-clock time the job was launched: ``mpips run`` exports it to
+    its ranks; otherwise this process's own start (Linux), or None."""
+    got = os.environ.get("MPIPS_LAUNCH_TIME")
+    if got:
+        try:
+            return float(got)
+        except ValueError:
+            pass
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(x.split()[1]) for x in f if x.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class PhaseClock:
+    """Seconds one worker spends in each phase of its loop, and the
+    wall-clock time from launch to its first push: the job's end prints them
+    (``[linear]`` "where the time went")."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.started = time.perf_counter()
+        self.launched = launched_at()
+        self.first_push: float | None = None  # seconds after launch
+
+    def pushed(self) -> None:
+        if self.first_push is None and self.launched is not None:
+            self.first_push = time.time() - self.launched
+
+    def summary(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        seconds = dict(self.seconds)
+        # the loop times the whole next(batches), which localises inside it
+        seconds["read"] = max(0.0, seconds["read"] - seconds["localise"])
+        out = {k: round(v, 6) for k, v in seconds.items()}
+        out["other"] = round(max(0.0, total - sum(seconds.values())), 6)
+        return {"phases": out, "seconds": round(total, 6), "first_push": self.first_push}
+
+
 class LinearWorker:
     """Everything one worker does in a linear job."""
 
@@ -28,7 +77,8 @@ class LinearWorker:
         self.app, self.po, self.lc = app, po, app.lc
         self.kv = KVWorker(po, "w")
         self.counters: dict[str, Any] = {"examples": 0, "loss_sum": 0.0, "keys": 0,
-                                         "epoch": 0, "workers": 1}
+                                         "epoch": 0, "workers": 1, "nonzeros": 0}
+        self.clock = PhaseClock()
         self.inflight: deque[int] = deque()
         self.last_report = time.monotonic()
         # partition path -> its localised minibatches, for later epochs (the
@@ -54,14 +104,19 @@ class LinearWorker:
                               if k in resumed})
         epoch = 0
         for task_epoch, batches in self._tasks():
+            t = time.perf_counter()
             while epoch < task_epoch:  # moved past an epoch: score it (asynchronously)
                 if epoch in ev.epochs:
                     ev.score_round(epoch, self.kv)
                 epoch += 1
+            self.clock.seconds["evaluate"] += time.perf_counter() - t
             self.counters["epoch"] = task_epoch
             self._train(batches)
+            t = time.perf_counter()
             ev.reduce_ready_rounds(block=False)
+            self.clock.seconds["evaluate"] += time.perf_counter() - t
         self._drain()
+        t = time.perf_counter()
         last = self.app.epochs - 1
         while epoch < last:  # epochs this worker had no part of at the end
             if epoch in ev.epochs:
@@ -74,8 +129,9 @@ class LinearWorker:
             ev.score_round(last, self.kv)
         self.po.barrier(WORKERS)  # every share of the last round is in
         ev.reduce_ready_rounds(block=True)
+        self.clock.seconds["evaluate"] += time.perf_counter() - t
         self.po.report(self.counters)
-        return {"counters": self.counters, "evals": ev.evals}
+        return {"counters": self.counters, "evals": ev.evals, "time": self.clock.summary()}
 
     def _tasks(self) -> Iterator[tuple[int, Iterator[Batch]]]:
         """(epoch, minibatches) of each piece of work: partitions from the
@@ -92,7 +148,9 @@ class LinearWorker:
             path = task["path"]
             cached = self.batches.get(path)
             yield task["epoch"], iter(cached) if cached is not None else self._read(path)
+            t = time.perf_counter()
             self._drain()  # a task is done when its pushes are acknowledged
+            self.clock.seconds["task end"] += time.perf_counter() - t
             self.report()  # before the next task: a checkpoint then has these counts
             task = self.po.next_task(done=task)
 
@@ -111,8 +169,11 @@ class LinearWorker:
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         keep: list[Batch] | None = [] if self.app.epochs > 1 else None
         size = 0
+        seconds = self.clock.seconds
         for mb in read_minibatches([path], mb_rows, chunk, [info]):
+            t = time.perf_counter()
             batch = batch_of(mb, self.lc.bias)
+            seconds["localise"] += time.perf_counter() - t
             if keep is not None:
                 size += batch_bytes(batch)
                 if self.batch_bytes + size <= self.lc.cache_bytes:
@@ -127,23 +188,39 @@ class LinearWorker:
     # ---- training ----
     def _bound(self, room: int) -> None:
         """Wait for the oldest requests until ``room`` more fit under max_inflight."""
-        while self.inflight and len(self.inflight) + room > self.lc.max_inflight:
-            self.kv.wait(self.inflight.popleft())
+        if self.inflight and len(self.inflight) + room > self.lc.max_inflight:
+            t = time.perf_counter()
+            while self.inflight and len(self.inflight) + room > self.lc.max_inflight:
+                self.kv.wait(self.inflight.popleft())
+            self.clock.seconds["window wait"] += time.perf_counter() - t
 
     def _train(self, batches: Iterator[Batch]) -> None:
         lc, kv, c = self.lc, self.kv, self.counters
+        seconds, clock = self.clock.seconds, time.perf_counter
         l2 = 0.0 if lc.algorithm == "ftrl" else lc.l2  # ftrl applies its own l2
+        t0 = clock()
         nxt = next(batches, None)
+        t1 = clock()
         ahead = kv.pull(nxt.keys) if nxt is not None else None
+        seconds["read"] += t1 - t0
+        seconds["issue"] += clock() - t1
         while nxt is not None:
             cur, cur_ts = nxt, ahead
+            t0 = clock()
             w = kv.wait(cur_ts)[:, 0].astype(np.float64)
             # Pull ahead: the next minibatch's weights travel while this
             # gradient is computed.
+            t1 = clock()
             nxt = next(batches, None)
+            t2 = clock()
+            seconds["pull wait"] += t1 - t0
+            seconds["read"] += t2 - t1
             if nxt is not None:
                 self._bound(1)
+                t2 = clock()
                 ahead = kv.pull(nxt.keys)
+                seconds["issue"] += clock() - t2
+            t0 = clock()
             mask = None
             if l2 and cur.bias >= 0:
                 mask = np.ones(cur.keys.size)
@@ -151,9 +228,15 @@ class LinearWorker:
             grad, loss, _ = gradient(lc.loss, cur.X, cur.y, w, l2, mask)
             if lc.algorithm == "ftrl":
                 grad *= cur.rows  # sums, as FTRL's per-example rounds: l1, l2 keep their units
+            grad = grad.astype(np.float32)
+            seconds["gradient"] += clock() - t0
             self._bound(1 + (nxt is not None))
-            self.inflight.append(kv.push(cur.keys, grad.astype(np.float32)))
+            t0 = clock()
+            self.inflight.append(kv.push(cur.keys, grad))
+            seconds["issue"] += clock() - t0
+            self.clock.pushed()
             c["examples"] += cur.rows
+            c["nonzeros"] += cur.X.nnz
             c["loss_sum"] += loss
             c["keys"] += 2 * cur.keys.size
             if time.monotonic() - self.last_report >= lc.report_interval:
