@@ -150,6 +150,11 @@ def _spec(args: argparse.Namespace) -> OutputSpec:
 
 def _synth(args: argparse.Namespace) -> int:
     from data_tools import synth
+    from mpips.data import storage
+
+    if storage.is_url(args.output):
+        raise DataError(f"-o {args.output}: synth writes a local folder (upload it with "
+                        "your store's tools, or write there with data_tools convert)")
 
     params = {k: v for k, v in vars(args).items()
               if k not in ("command", "kind", "output", "rows_per_partition",

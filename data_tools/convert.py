@@ -10,17 +10,17 @@ on the number of ranks.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from data_tools.errors import DataError
 from data_tools.formats import FORMATS, ConvertOptions
 from data_tools.formats.base import BadLineBudget
-from data_tools.sources import find_inputs
+from data_tools.sources import find_inputs, input_size
+from mpips.data import storage
 from mpips.data.format import MANIFEST
 from mpips.data.manifest import write_manifest
 from mpips.data.queue import split_by_size
@@ -56,7 +56,7 @@ def prepare_output(spec: OutputSpec) -> None:
 def _run_rank(comm: Comm, files: list[str], fmt_name: str, options: ConvertOptions,
               spec: OutputSpec) -> dict[str, Any]:
     """This rank's share of the work; never raises (so no rank hangs in a collective)."""
-    sizes = [os.path.getsize(f) for f in files]
+    sizes = [input_size(f) for f in files]
     mine = split_by_size(sizes, comm.size)[comm.rank]
     budget = BadLineBudget(options.skip_bad)
     fmt = FORMATS[fmt_name](options, budget)
@@ -90,6 +90,8 @@ def convert(inputs: list[str], fmt_name: str, options: ConvertOptions, spec: Out
             comm: Comm | None = None) -> dict[str, Any]:
     """Convert on every rank of ``comm``; returns the manifest (raises DataError)."""
     comm = comm or Comm()
+    if storage.is_url(spec.folder):
+        return _convert_to_store(inputs, fmt_name, options, spec, comm)
     if fmt_name not in FORMATS:
         raise DataError(f"unknown format {fmt_name!r} (known: {', '.join(sorted(FORMATS))})")
     setup = None
@@ -110,6 +112,62 @@ def convert(inputs: list[str], fmt_name: str, options: ConvertOptions, spec: Out
     meta = {"created_by": "data_tools convert", "input_format": fmt_name,
             "labels": options.labels, "hashing": result["hashing"], "inputs": files}
     return finish_dataset(comm, spec, result, meta, options.skip_bad)
+
+
+def _convert_to_store(inputs: list[str], fmt_name: str, options: ConvertOptions,
+                      spec: OutputSpec, comm: Comm) -> dict[str, Any]:
+    """Convert into a local folder on each rank, then upload: partitions
+    first, the manifest last, so a reader never finds a manifest whose
+    partitions are not all there (an old data set's manifest goes first)."""
+    target = spec.folder.rstrip("/")
+    check = None
+    if comm.rank == 0:
+        try:
+            if storage.exists(storage.join(target, MANIFEST)) and not spec.overwrite:
+                check = {"error": f"{target}: already holds a data set ({MANIFEST}); "
+                                  "use --overwrite or another folder"}
+            else:
+                check = {"error": None}
+        except OSError as e:
+            check = {"error": f"{target}: {e}"}
+    check = comm.bcast_json(check)
+    if check["error"]:
+        raise DataError(check["error"])
+    with storage.staging(target) as stage:
+        manifest = convert(inputs, fmt_name, options, replace(spec, folder=stage), comm)
+        error = None
+        try:
+            if comm.rank == 0:
+                old = storage.join(target, MANIFEST)
+                if storage.exists(old):
+                    storage.remove_tree(old)
+            comm.bcast_json({})  # the old manifest is gone before any partition moves
+            for part in manifest["partitions"]:
+                mine = Path(stage) / part["name"]
+                if mine.is_file():
+                    storage.upload(mine, storage.join(target, part["name"]))
+        except OSError as e:
+            error = f"{target}: upload failed on rank {comm.rank}: {e}"
+        errors = comm.gather_json({"error": error})
+        outcome = None
+        if comm.rank == 0:
+            failed = [e["error"] for e in errors or [] if e["error"]]
+            try:
+                if not failed:
+                    storage.upload(Path(stage) / MANIFEST, storage.join(target, MANIFEST))
+                    names = {p["name"] for p in manifest["partitions"]}
+                    for path, _ in storage.listing(target):  # an older set's leftovers
+                        name = path.rsplit("/", 1)[-1]
+                        if name.startswith("part-") and name.endswith(".h5") and \
+                                name not in names:
+                            storage.remove_tree(path)
+            except OSError as e:
+                failed.append(f"{target}: cannot upload the manifest: {e}")
+            outcome = {"error": "; ".join(failed) or None}
+        outcome = comm.bcast_json(outcome)
+    if outcome["error"]:
+        raise DataError(outcome["error"])
+    return manifest
 
 
 def finish_dataset(comm: Comm, spec: OutputSpec, result: dict[str, Any],

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import os
+import io
+import posixpath
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from data_tools.errors import DataError
+from mpips.data import storage
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of text: the vectorised parser is fastest in cache
 
@@ -36,37 +38,60 @@ def find_inputs(paths: Sequence[str]) -> list[str]:
     """
     found: list[str] = []
     for path in paths:
-        if os.path.isfile(path):
-            found.append(path)
-        elif os.path.isdir(path):
-            found.extend(_walk(path))
-        else:
-            raise DataError(f"{path}: no such file or directory")
+        try:
+            if storage.is_file(path):
+                found.append(path)
+            elif storage.is_dir(path):
+                found.extend(_walk(path))
+            else:
+                raise DataError(f"{path}: no such file or directory")
+        except storage.StorageError as e:
+            raise DataError(str(e)) from None
     return found
 
 
 def _walk(folder: str) -> Iterator[str]:
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not is_data_name(entry.name):
+    for path, is_dir in storage.listing(folder):
+        if not is_data_name(posixpath.basename(path)):
             continue
-        if entry.is_dir():
-            yield from _walk(entry.path)
-        elif entry.is_file():
-            yield entry.path
+        if is_dir:
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def input_size(path: str) -> int:
+    return storage.size(path)
+
+
+class _Decompressed(io.BufferedReader):
+    """A gzip or bzip2 reader that also closes the file under it."""
+
+    def __init__(self, inner: BinaryIO, raw: BinaryIO):
+        super().__init__(inner)  # type: ignore[arg-type]
+        self._under = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._under.close()
 
 
 def open_binary(path: str) -> BinaryIO:
-    """Open a plain, gzip or bzip2 file by its magic bytes (not its name)."""
+    """Open a plain, gzip or bzip2 file (local or a URL) by its magic bytes,
+    not its name."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(3)
+        raw = storage.open_binary(path)
+        magic = raw.read(3)
+        raw.seek(0)
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     if magic[:2] == b"\x1f\x8b":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return _Decompressed(gzip.GzipFile(fileobj=raw, mode="rb"), raw)  # type: ignore
     if magic == b"BZh":
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+        return _Decompressed(bz2.BZ2File(raw, "rb"), raw)  # type: ignore
+    return raw
 
 
 @dataclass

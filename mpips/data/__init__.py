@@ -16,8 +16,9 @@ from mpips.data.queue import PartitionQueue, QueueError, Task
 from mpips.data.reader import Minibatch, PartitionError, PartitionReader, read_minibatches
 
 section("data", {
-    "train": Option(str, "", "folder of a converted training set (holds manifest.json)"),
-    "test": Option(str, "", "folder of a converted test set; empty: no test pass"),
+    "train": Option(str, "", "folder of a converted training set (holds manifest.json), "
+                    "or its URL (s3://bucket/path...; pip install 'mpips[s3]')"),
+    "test": Option(str, "", "folder or URL of a converted test set; empty: no test pass"),
     "minibatch": Option(int, 1000, "rows per minibatch", positive),
     "chunk_rows": Option(int, 65536, "rows read from a partition at a time (memory bound)",
                          positive),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpips.data import storage
 from mpips.data.format import MANIFEST, MANIFEST_FORMAT
 
 
@@ -45,9 +46,9 @@ class Manifest:
 
 def load_manifest(folder: str | Path) -> Manifest:
     """Read ``folder/manifest.json`` and check that its totals add up."""
-    path = Path(folder) / MANIFEST
+    path = storage.join(folder, MANIFEST)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest (is {folder} a converted data set? "
                             "see `python -m data_tools convert --help`)") from None
@@ -57,7 +58,7 @@ def load_manifest(folder: str | Path) -> Manifest:
         raise ManifestError(f"{path}: not an mpips manifest (format={raw.get('format')!r})")
     try:
         parts = tuple(PartitionInfo(
-            name=p["name"], path=str(Path(folder) / p["name"]), rows=int(p["rows"]),
+            name=p["name"], path=storage.join(folder, p["name"]), rows=int(p["rows"]),
             nnz=int(p["nnz"]), positives=float(p["positives"]), first_row=int(p["first_row"]),
             sha256=p["sha256"], has_values=bool(p["has_values"])) for p in raw["partitions"])
         manifest = Manifest(str(folder), int(raw["rows"]), int(raw["nnz"]),

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from mpips.data import storage
 from mpips.data.format import FORMAT_NAME, FORMAT_VERSION
 from mpips.data.localise import localise
 
@@ -68,7 +69,10 @@ class Minibatch:
 
 def _open(path: str | Path) -> h5py.File:
     try:
-        h5 = h5py.File(path, "r")
+        if storage.is_url(str(path)):  # HDF5 reads it through a file object, in ranges
+            h5 = h5py.File(storage.open_binary(str(path)), "r")
+        else:
+            h5 = h5py.File(storage.local(path), "r")
     except FileNotFoundError:
         raise PartitionError(f"{path}: partition file not found") from None
     except OSError as e:
