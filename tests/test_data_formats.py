@@ -101,6 +101,54 @@ def test_csv_errors(tmp_path, capsys):
     assert code == 1 and "header has no column(s) nope" in capsys.readouterr().err
 
 
+def tricky_csv(rows: int, seed: int) -> str:
+    """Quotes, delimiters inside quotes, empty cells, unicode, CRLF, blank
+    lines, numbers in every spelling, and a few bad rows."""
+    rng = np.random.default_rng(seed)
+    lines = ["clicked,age,price,country,device,note"]
+    for i in range(rows):
+        age = ["", "0", "34", "1e3", "-2.5", "+7", "0.000125"][i % 7]
+        country = ['"de"', "fr", "", '"a,b"', "ü", '"say ""hi"""'][i % 6]
+        label = ["1", "0", "-1", "1.0"][i % 4]
+        line = f"{label},{age},{rng.random():.6f},{country},d{i % 13},n"
+        if i % 997 == 5:
+            line = "1,abc,1,de,x,n"  # a bad number
+        elif i % 1499 == 7:
+            line = "3,1,1,de,x,n"  # a label that is not allowed
+        elif i % 1801 == 9:
+            line = "1,2"  # too few fields
+        elif i % 1301 == 11:
+            line = "1,nan,1,de,x,n"  # not finite
+        lines.append(line)
+        if i % 500 == 3:
+            lines.append("")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_csv_by_pyarrow_is_the_line_parser_exactly(tmp_path, monkeypatch, capsys):
+    """pyarrow.csv parses the chunks it can take whole; any chunk with a bad
+    row goes line by line: the same partitions (checksums), the same skipped
+    lines, the same messages, with and without pyarrow."""
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "part-00000.csv"
+    path.write_text(tricky_csv(20_000, 1), encoding="utf-8", newline="")
+    got = {}
+    for arrow in ("1", "0"):
+        monkeypatch.setenv("MPIPS_PYARROW_CSV", arrow)
+        out = tmp_path / f"out{arrow}"
+        code = main(["convert", str(path), "-f", "csv", "--label", "clicked", "--numeric",
+                     "age,price", "--categorical", "country,device", "-o", str(out),
+                     "--skip-bad", "100", "--chunk-bytes", "65536"])
+        assert code == 0
+        err = capsys.readouterr().err
+        manifest = json.loads((out / "manifest.json").read_text())
+        got[arrow] = ([p["sha256"] for p in manifest["partitions"]], manifest["rows"],
+                      manifest["skipped_lines"] if "skipped_lines" in manifest else None,
+                      sorted(line for line in err.splitlines() if "part-00000.csv:" in line))
+    assert got["1"] == got["0"]
+    assert 19_000 < got["1"][1] < 20_000 and got["1"][3], got["1"]
+
+
 def test_parquet_matches_csv(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

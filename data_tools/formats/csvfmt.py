@@ -7,11 +7,17 @@ value: ``hash_feature(fnv1a64(value), salt=fnv1a64(column))``, value 1; empty
 cells are missing). Other columns are ignored. Every file starts with the
 header (Spark writes one per part file with ``header=true``). Quoted fields
 may not contain newlines.
+
+With pyarrow installed each chunk is parsed by ``pyarrow.csv`` (compiled);
+a chunk it cannot take whole (a bad row, too few fields, a bad label or a
+non-finite number) goes through the line-by-line parser, which names the
+file and line of every bad row exactly as without pyarrow.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +58,9 @@ def columns_block(labels: np.ndarray, numeric: dict[str, np.ndarray],
     return block
 
 
+LINES = object()  # a chunk pyarrow cannot take whole: parse it line by line
+
+
 @register
 class CSV(InputFormat):
     name = "csv"
@@ -65,21 +74,75 @@ class CSV(InputFormat):
         if not opts.label_column:
             raise DataError("csv needs --label COLUMN (and --numeric/--categorical)")
         columns: list[int] | None = None
+        width = 0
+        arrow = _arrow_csv()
         for chunk in read_chunks(path, opts.chunk_bytes):
-            # split on \n only: str.splitlines would also split on \x0b, \x1c, ...
-            # and shift the line numbers in error messages.
-            text = chunk.data.decode("utf-8", errors="replace")
-            lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]
-            first = chunk.first_line
+            data, first = chunk.data, chunk.first_line
             if columns is None:
-                columns = self._header(path, lines[0])
-                lines, first = lines[1:], first + 1
-            block = self._parse(path, first, lines, columns)
+                cut = data.index(b"\n") + 1
+                header = data[:cut].decode("utf-8", errors="replace").rstrip("\r\n")
+                columns, width = self._header(path, header), len(self._fields(header))
+                data, first = data[cut:], first + 1
+            block = self._parse_arrow(arrow, data, columns, width) if arrow else LINES
+            if block is LINES:
+                # split on \n only: str.splitlines would also split on \x0b, \x1c,
+                # ... and shift the line numbers in error messages.
+                text = data.decode("utf-8", errors="replace")
+                lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]
+                block = self._parse(path, first, lines, columns)
             if block is not None:
                 yield block
 
+    def _fields(self, line: str) -> list[str]:
+        return next(csv.reader([line], delimiter=self.options.delimiter), [])
+
+    def _parse_arrow(self, arrow: Any, data: bytes, columns: list[int], width: int
+                     ) -> Block | None | object:
+        """The chunk's rows by pyarrow.csv (None: no rows), or LINES when a
+        row needs the line-by-line parser (which then reports it)."""
+        opts = self.options
+        names = [f"c{i}" for i in range(width)]
+        wanted = [names[c] for c in columns]
+        types = {wanted[0]: arrow.pa.float64(),
+                 **{n: arrow.pa.float64() for n in wanted[1:1 + len(opts.numeric)]},
+                 **{n: arrow.pa.string() for n in wanted[1 + len(opts.numeric):]}}
+        try:
+            table = arrow.csv.read_csv(
+                io.BytesIO(data),
+                read_options=arrow.csv.ReadOptions(column_names=names, use_threads=False),
+                parse_options=arrow.csv.ParseOptions(delimiter=opts.delimiter,
+                                                     newlines_in_values=False),
+                convert_options=arrow.csv.ConvertOptions(
+                    column_types=types, include_columns=wanted, strings_can_be_null=False,
+                    quoted_strings_can_be_null=False))
+        except (arrow.pa.ArrowInvalid, arrow.pa.ArrowNotImplementedError):
+            return LINES
+        if table.num_rows == 0:
+            return None
+        label_col = table.column(wanted[0])
+        if label_col.null_count:
+            return LINES
+        labels = label_col.to_numpy()
+        if any(self.label_problem(float(v)) for v in np.unique(labels)):
+            return LINES
+        numeric = {}
+        for name, col in zip(opts.numeric, wanted[1:1 + len(opts.numeric)], strict=True):
+            column = table.column(col)
+            written_nan = arrow.pc.fill_null(arrow.pc.is_nan(column), False).to_numpy()
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64)  # null: NaN
+            if written_nan.any() or np.isinf(values).any():
+                return LINES  # not finite: the line parser names the line
+            numeric[name] = values
+        categorical = {}
+        for name, col in zip(opts.categorical, wanted[1 + len(opts.numeric):], strict=True):
+            text = np.array(table.column(col).cast(arrow.pa.binary()).to_pylist(), dtype="S")
+            categorical[name] = (text, text != b"")
+        stored = self.check_labels(labels)
+        assert stored is not None
+        return columns_block(stored, numeric, categorical)
+
     def _header(self, path: str, line: str) -> list[int]:
-        header = next(csv.reader([line], delimiter=self.options.delimiter))
+        header = self._fields(line)
         wanted = [self.options.label_column, *self.options.numeric, *self.options.categorical]
         missing = [c for c in wanted if c not in header]
         if missing:
@@ -138,4 +201,23 @@ class CSV(InputFormat):
                 return f"column {name} = {raw!r} is not a number"
             if not np.isfinite(value):
                 return f"column {name} = {raw!r} is not finite"
+        return None
+
+
+class _Arrow:
+    def __init__(self) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pcsv
+        self.pa, self.pc, self.csv = pa, pc, pcsv
+
+
+def _arrow_csv() -> _Arrow | None:
+    """pyarrow's CSV reader, or None (MPIPS_PYARROW_CSV=0 turns it off)."""
+    import os
+    if os.environ.get("MPIPS_PYARROW_CSV", "1") == "0":
+        return None
+    try:
+        return _Arrow()
+    except ImportError:
         return None
