@@ -130,9 +130,10 @@ class App:
         """Called on each server once every worker is done (save a model shard...)."""
         return {}
 
-    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
-        """Rank 0's progress line from counters summed over workers."""
-        return " ".join(f"{k} {v:.4g}" for k, v in sorted(totals.items()))
+    def progress_fields(self, totals: dict[str, float], elapsed: float) -> dict[str, Any]:
+        """Rank 0's progress line from counters summed over workers: named
+        numbers in a fixed order (the scheduler prints them as text or JSON)."""
+        return dict(sorted(totals.items()))
 
     def checkpoint_state(self) -> dict[str, Any]:
         """On the scheduler: app state to keep in a checkpoint (JSON-able)."""

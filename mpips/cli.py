@@ -63,6 +63,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         extra.append("checkpoint.resume=true")
     if getattr(args, "init_model", None):
         extra.append(f"linear.init_model={args.init_model}")
+    if getattr(args, "log_format", None):
+        extra.append(f"job.log_format={args.log_format}")
     return extra
 
 
@@ -214,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
                    help="continue from the newest complete checkpoint ([checkpoint] dir)")
     t.add_argument("--init-model", metavar="MODEL_H5",
                    help="linear jobs: start from this model ([linear] init_model; warm start)")
+    t.add_argument("--log-format", choices=("text", "json"),
+                   help="progress lines as text or one JSON object each ([job] log_format)")
     _common(t)
     t.set_defaults(func=cmd_train)
 

@@ -276,6 +276,8 @@ section("job", {
     "seed": Option(int, 0, "random seed", non_negative),
     "progress_interval": Option(float, 2.0, "seconds between progress lines on rank 0",
                                 positive),
+    "log_format": Option(str, "text", "progress lines: 'text' for people, 'json' (one "
+                         "object per line, raw numbers) for machines", choices=("text", "json")),
 })
 section("layout", {
     "servers": Option(int, 0, "number of server ranks; 0 picks a default (about a third "

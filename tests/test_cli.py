@@ -59,6 +59,21 @@ def test_demo_job_trains(tmp_path):
     assert "train loss" in proc.stdout
 
 
+@pytest.mark.integration
+def test_log_format_json_prints_one_object_per_progress_line(tmp_path):
+    proc = run_mpi(4, "python", "-m", "mpips", "train", str(ROOT / "jobs" / "demo.toml"),
+                   "-o", f"job.output={tmp_path}", "-o", "linear.synthetic_rows=30000",
+                   "-o", "job.progress_interval=0.2", "--log-format", "json", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert records and not [line for line in proc.stdout.splitlines()
+                            if line.startswith("[")]  # no text lines beside them
+    last = records[-1]
+    assert last["epoch"] == last["of"] and last["examples"] == 30000 * 2 * last["of"]
+    assert last["examples_per_s"] > 0 and 0.5 < last["test_auc"] <= 1
+    assert all(r["elapsed"] > 0 for r in records)
+
+
 def test_validate_checks_a_job_without_ranks(tmp_path):
     ok = run_py("-m", "mpips", "validate", "jobs/demo.toml", "--np", "4")
     assert ok.returncode == 0, ok.stderr

@@ -150,11 +150,11 @@ class BpgApp(App):
     def run_worker(self, po) -> dict[str, Any]:
         return _Worker(self, po).run()
 
-    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+    def progress_fields(self, totals: dict[str, float], elapsed: float) -> dict[str, Any]:
         run = max(totals.get("run_seconds", 0.0), 1e-9)
-        return (f"iterations {totals.get('iterations', 0) / max(1, totals.get('workers', 1)):.0f}"
-                f"/{self.iterations} loss {totals.get('loss', 0.0):.6g} "
-                f"idle {totals.get('idle_seconds', 0.0) / run:.1%}")
+        return {"iteration": round(totals.get("iterations", 0) / max(1, totals.get("workers", 1))),
+                "of": self.iterations, "loss": totals.get("loss", 0.0),
+                "idle": round(totals.get("idle_seconds", 0.0) / run, 4)}
 
     def finish(self, po, workers, servers, elapsed) -> None:
         bc = self.bc

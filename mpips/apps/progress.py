@@ -1,5 +1,5 @@
 """What every app's progress line needs: how its counters moved since the
-previous line (the scheduler calls ``progress_line`` with running totals)."""
+previous line (the scheduler calls ``progress_fields`` with running totals)."""
 
 from __future__ import annotations
 

@@ -237,13 +237,16 @@ class TaskClock:
                 "idle_fraction": {str(w): round(f, 4) for w, f in
                                   sorted(self.idle_fractions().items())}}
 
-    def progress(self) -> str:
+    def progress_fields(self) -> dict[str, Any]:
+        """Tasks finished, the largest staleness and the most idle worker's
+        share of time (one number whatever the worker count; the job's end
+        gives every worker's)."""
         if not self.records:
-            return ""
+            return {}
         s = self.summary()
-        idle = " ".join(f"{w}:{f:.0%}" for w, f in s["idle_fraction"].items())
-        return (f" | {s['policy']} tasks {s['finished']} stale max {s['staleness_max']} "
-                f"mean {s['staleness_mean']:.2f} idle {idle}")
+        idle = list(s["idle_fraction"].values()) or [0.0]
+        return {"tasks": s["finished"], "stale_max": s["staleness_max"],
+                "idle_max": round(max(idle), 4)}
 
     def write(self, folder: str | Path) -> Path:
         """``tasks.jsonl`` (one line per task and worker, in issue order) in

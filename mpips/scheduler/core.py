@@ -24,6 +24,7 @@ from ..status import write_status
 from ..transport import Message, Op
 from .checkpoints import Checkpoints
 from .failures import Failover, JobFailed
+from .progress import format_line
 from .tasks import TaskDesk
 
 
@@ -165,10 +166,11 @@ class Scheduler:
         totals = self.sum_counters(self.counters.values())
         if not totals:
             return
-        line = self.app.progress_line(totals, elapsed)
+        fields = self.app.progress_fields(totals, elapsed)
         if self.tasks.clock is not None:
-            line += self.tasks.clock.progress()
-        print(f"[{elapsed:7.1f}s] {line}", file=sys.stdout, flush=True)
+            fields.update(self.tasks.clock.progress_fields())
+        print(format_line(elapsed, fields, self.po.cfg.job.log_format), file=sys.stdout,
+              flush=True)
 
     # ---- messages ----------------------------------------------------------------
     def _barrier(self, msg: Message) -> None:

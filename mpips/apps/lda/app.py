@@ -359,17 +359,16 @@ class LdaApp(App):
         return {"model_shard": str(path)}
 
     # ---- scheduler ------------------------------------------------------------------
-    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+    def progress_fields(self, totals: dict[str, float], elapsed: float) -> dict[str, Any]:
         change, seconds = self._deltas.step(totals, elapsed)
-        rate = change.get("tokens", 0) / seconds
-        line = f"sweep {int(totals.get('sweep', 0))} tokens/s {rate:.3g}"
-        if "eval_sweep" in totals:
-            line += (f" | eval sweep {int(totals['eval_sweep'])} at "
-                     f"{totals['eval_train_seconds']:.1f} s: train LL/token "
-                     f"{totals['eval_train_ll_per_token']:.4f} held-out "
-                     f"perplexity {totals['eval_heldout_perplexity']:.1f} UMass "
-                     f"{totals['eval_umass']:.3f}")
-        return line
+        fields: dict[str, Any] = {"sweep": int(totals.get("sweep", 0)),
+                                  "tokens_per_s": change.get("tokens", 0) / seconds}
+        if "eval_sweep" in totals:  # the last evaluated sweep
+            fields.update(eval_sweep=int(totals["eval_sweep"]),
+                          train_ll_per_token=totals["eval_train_ll_per_token"],
+                          heldout_perplexity=totals["eval_heldout_perplexity"],
+                          umass=totals["eval_umass"])
+        return fields
 
     def finish(self, po, workers, servers, elapsed) -> None:
         out = Path(self.cfg.job.output)

@@ -242,7 +242,7 @@ class LinearApp(App):
     def _epoch_rows(self, workers: int = 1) -> int:
         return self.train_rows * (workers if self.train is None else 1)
 
-    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+    def progress_fields(self, totals: dict[str, float], elapsed: float) -> dict[str, Any]:
         change, dt = self._deltas.step(totals, elapsed)
         examples = totals.get("examples", 0)
         dex, dloss = change.get("examples", 0), change.get("loss_sum", 0)
@@ -251,14 +251,17 @@ class LinearApp(App):
         per_epoch = self._epoch_rows(int(totals.get("workers", 1)))
         total = per_epoch * self.epochs
         rate = examples / max(elapsed, 1e-9)
-        line = (f"examples {examples:.4g} ({dex / dt:.3g}/s) epoch "
-                f"{examples / per_epoch:.2f}/{self.epochs} keys/s {dkeys / dt:.3g} "
-                f"train loss {loss:.4f}")
+        # the rates and loss of the interval since the last line; the test
+        # metrics of the last scored round, with its epoch
+        fields: dict[str, Any] = {
+            "epoch": round(examples / per_epoch, 3), "of": self.epochs,
+            "examples": int(examples), "examples_per_s": dex / dt, "keys_per_s": dkeys / dt,
+            "train_loss": loss if dex else None}
         if "test_auc" in totals:
-            line += (f" | test AUC {totals['test_auc']:.4f} acc "
-                     f"{totals['test_accuracy']:.4f} (epoch {totals['test_epoch']:.0f})")
-        if rate > 0 and examples < total:
-            line += f" | ETA {(total - examples) / rate:.0f} s"
+            fields.update(test_auc=totals["test_auc"], test_accuracy=totals["test_accuracy"],
+                          test_epoch=int(totals["test_epoch"]))
+        fields["eta_s"] = round((total - examples) / rate) if rate > 0 and examples < total \
+            else None
         if dex:
             self._write_metrics({"time": round(elapsed, 3), "epoch": examples / per_epoch,
                                  "examples": int(examples), "split": "train", "loss": loss,
@@ -273,7 +276,7 @@ class LinearApp(App):
             record["auc_method"] = "exact" if self.exact_auc else "histogram"
             self._written_rounds.add(int(rnd))
             self._write_metrics(_test_record(record))
-        return line
+        return fields
 
     def finish(self, po, workers, servers, elapsed) -> None:
         evals = next((w["evals"] for w in workers if w.get("evals")), [])

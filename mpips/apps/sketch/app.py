@@ -241,12 +241,12 @@ class SketchApp(App):
                 "server": po.layout.servers.index(po.rank)}
 
     # ---- scheduler ----
-    def progress_line(self, totals: dict[str, float], elapsed: float) -> str:
+    def progress_fields(self, totals: dict[str, float], elapsed: float) -> dict[str, Any]:
         change, dt = self._deltas.step(totals, elapsed)
-        drec = change.get("records", 0)
-        return (f"inserts {totals.get('records', 0):.4g} ({drec / dt:.3g}/s) "
-                f"count {totals.get('count', 0):.4g} unique/request "
-                f"{totals.get('unique', 0) / max(1, totals.get('pushes', 0)):.3g}")
+        return {"inserts": int(totals.get("records", 0)),
+                "inserts_per_s": change.get("records", 0) / dt,
+                "count": int(totals.get("count", 0)),
+                "unique_per_request": totals.get("unique", 0) / max(1, totals.get("pushes", 0))}
 
     def finish(self, po, workers, servers, elapsed) -> None:
         sc, p = self.sc, self.params
