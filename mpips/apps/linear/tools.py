@@ -138,31 +138,46 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_metrics(paths: list[str], out: str) -> None:
-    """Loss and AUC against time and examples, one line style per file."""
+def plot_metrics(paths: list[str], out: str) -> int:
+    """Loss and AUC against time and examples: one colour per file in every
+    panel, a line for train and points for test, markers on every point (a
+    series of one point shows). Returns the points drawn; ValueError when a
+    file has nothing to plot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col")
-    for path in paths:
+    drawn = 0
+    for i, path in enumerate(paths):
         rows = read_metrics(path)
         label = Path(path).parent.name or path
-        for split, style in (("train", "-"), ("test", "o-")):
-            r = sorted((x for x in rows if x.get("split") == split), key=lambda x: x["time"])
+        colour = f"C{i % 10}"
+        series = 0
+        for split, style in (("train", ".-"), ("test", "o-")):
+            r = sorted((x for x in rows if x.get("split") == split and "time" in x
+                        and "examples" in x), key=lambda x: x["time"])
             if not r:
                 continue
+            series += 1
             t = [x["time"] for x in r]
             ex = [x["examples"] for x in r]
             key = "loss" if split == "train" else ("logloss" if r[0].get("logloss")
                                                    is not None else "loss")
             loss = [x.get(key) for x in r]
-            axes[0, 0].plot(t, loss, style, ms=3, label=f"{label} {split} {key}")
-            axes[0, 1].plot(ex, loss, style, ms=3, label=f"{label} {split} {key}")
+            kw = {"color": colour, "ms": 4 if split == "test" else 3}
+            axes[0, 0].plot(t, loss, style, label=f"{label} {split} {key}", **kw)
+            axes[0, 1].plot(ex, loss, style, label=f"{label} {split} {key}", **kw)
+            drawn += 2 * len(r)
             if split == "test":
                 auc = [x.get("auc") for x in r]
-                axes[1, 0].plot(t, auc, style, ms=3, label=f"{label} test AUC")
-                axes[1, 1].plot(ex, auc, style, ms=3, label=f"{label} test AUC")
+                axes[1, 0].plot(t, auc, style, label=f"{label} test AUC", **kw)
+                axes[1, 1].plot(ex, auc, style, label=f"{label} test AUC", **kw)
+                drawn += 2 * len(r)
+        if not series:
+            plt.close(fig)
+            raise ValueError(f"{path}: no train or test lines to plot (is it a linear "
+                             "job's metrics.jsonl?)")
     axes[0, 0].set_ylabel("loss")
     axes[1, 0].set_ylabel("test AUC")
     axes[1, 0].set_xlabel("time (s)")
@@ -175,6 +190,7 @@ def plot_metrics(paths: list[str], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
+    return drawn
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -184,11 +200,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print("mpips plot: needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return 1
     try:
-        plot_metrics(args.metrics, args.out)
+        drawn = plot_metrics(args.metrics, args.out)
     except (OSError, ValueError, KeyError) as e:
         print(f"mpips plot: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} ({drawn} points)")
     return 0
 
 
