@@ -357,6 +357,10 @@ def _linear_commands(sub) -> None:
     ins.add_argument("model")
     ins.add_argument("--top", type=int, default=10, help="features to list")
     ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.add_argument("--data", help="the converted data set whose hashing names the features "
+                     "(default: the one the model records, else its training set)")
+    ins.add_argument("--export", metavar="TSV", help="write every weight with its feature "
+                     "(original id, column or category) to this TSV file")
     ins.set_defaults(func=run("cmd_inspect"))
     pl = sub.add_parser("plot", help="loss and AUC curves from metrics.jsonl (matplotlib)",
                         description="Example: python -m mpips plot runs/news20/metrics.jsonl "

@@ -131,3 +131,66 @@ def fnv1a64_text(text: str) -> int:
     for b in text.encode("utf-8"):
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
+
+
+# ---- from keys back to features ----------------------------------------------------
+_M1_INV = np.uint64(pow(0xBF58476D1CE4E5B9, -1, 1 << 64))
+_M2_INV = np.uint64(pow(0x94D049BB133111EB, -1, 1 << 64))
+
+
+def _unshift(z: np.ndarray, s: int) -> np.ndarray:
+    """Inverse of ``z ^ (z >> s)``: the top s bits are right, then the next s..."""
+    x = z.copy()
+    for _ in range(64 // s + 1):
+        x = z ^ (x >> np.uint64(s))
+    return x
+
+
+def unmix64(keys: np.ndarray | int) -> np.ndarray:
+    """The inverse of :func:`mix64` (it is a bijection): ``unmix64(mix64(x)) == x``."""
+    z = np.array(keys, dtype=np.uint64, ndmin=1)
+    with np.errstate(over="ignore"):
+        z = _unshift(z, 31) * _M2_INV
+        z = _unshift(z, 27) * _M1_INV
+        return _unshift(z, 30) - _GOLDEN
+
+
+def feature_names(keys: np.ndarray, hashing: dict | None) -> list[str]:
+    """The feature each key stands for, from the ``hashing`` record of the
+    data set it was trained on (manifest.json; data_tools convert writes it):
+    integer ids (kept, or hashed with a salt: inverted exactly), numeric
+    column names, criteo's hex categories (``name=hex``); a key the record
+    cannot explain (a categorical string's FNV hash) stays ``0x...``."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    names = [f"{int(k):#018x}" for k in keys]
+    if not hashing:
+        return names
+    method = hashing.get("method")
+    if method == "identity":
+        return [str(int(k)) for k in keys]
+    if method != "mpips.keys.hash_feature":
+        return names
+    if "salt" in hashing:  # libsvm ids: key = mix64(id ^ mix64(salt))
+        salt = int(hashing.get("salt") or 0)
+        ids = unmix64(keys)
+        if salt:
+            ids = ids ^ mix64(np.uint64(salt))
+        return [str(int(i)) for i in ids]
+    numeric = list(hashing.get("numeric") or [])
+    criteo = hashing.get("columns")
+    categorical: list[str] = list(hashing.get("categorical") or [])
+    if criteo:  # ["label", I1.., C1..]: integer columns then hex categorical ones
+        numeric = [c for c in criteo[1:] if c.startswith("I")]
+        categorical = [c for c in criteo[1:] if c.startswith("C")]
+    by_key = {int(hash_feature(0, fnv1a64_text(c))): c for c in numeric}
+    out = []
+    inverted = unmix64(keys)
+    salts = [(c, int(mix64(np.uint64(fnv1a64_text(c))))) for c in categorical] if criteo else []
+    for k, u, name in zip(keys.tolist(), inverted.tolist(), names, strict=True):
+        if k in by_key:
+            out.append(by_key[k])
+            continue
+        # criteo categories are 32-bit hex: exactly one column salt gives such a value
+        fits = [(c, u ^ s) for c, s in salts if (u ^ s) < (1 << 32)]
+        out.append(f"{fits[0][0]}={fits[0][1]:08x}" if len(fits) == 1 else name)
+    return out

@@ -265,3 +265,34 @@ def test_resumed_training_keeps_metrics_and_counts_every_example_once(ctr, tmp_p
     assert f"{8 * 80000} examples in" in text, text[-2000:]
     resumed_train = [m for m in after[len(before):] if m["split"] == "train"]
     assert resumed_train and resumed_train[0]["examples"] >= 80000, resumed_train[:1]
+
+
+def test_inspect_and_export_name_the_original_feature_ids(tmp_path):
+    """A model trained on hashed libsvm ids names its features by those ids:
+    the model keeps its data's hashing, and inspect inverts the hash."""
+    rng = np.random.default_rng(2)
+    lines = []
+    for _ in range(4000):
+        ids = np.sort(rng.choice(np.arange(1, 200), 8, replace=False))
+        strong = rng.random() < 0.5
+        ids = np.unique(np.r_[ids, 4242]) if strong else ids  # id 4242 means "1"
+        label = int(strong) if rng.random() < 0.95 else 1 - int(strong)
+        lines.append(f"{label} " + " ".join(f"{i}:1" for i in ids))
+    src = tmp_path / "train.libsvm"
+    src.write_text("\n".join(lines) + "\n")
+    proc = run_py("-m", "data_tools", "convert", str(src), "-o", str(tmp_path / "d"),
+                  "--salt", "77", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), "linear.data=partitions",
+                f"data.train={tmp_path / 'd'}", f"data.test={tmp_path / 'd'}",
+                "data.epochs=3", n=3)
+    proc = run_py("-m", "mpips", "inspect", str(out / "model.h5"), "--json",
+                  "--export", str(tmp_path / "w.tsv"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["hashing"] == "mpips.keys.hash_feature"
+    assert info["top"][0]["feature"] == "4242", info["top"][:3]
+    rows = [line.split("\t") for line in (tmp_path / "w.tsv").read_text().splitlines()]
+    assert rows[0] == ["feature", "key", "weight"] and rows[1][0] == "(intercept)"
+    features = {r[0] for r in rows[2:]}
+    assert features == {str(i) for i in range(1, 200)} | {"4242"}, sorted(features)[:5]

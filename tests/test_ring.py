@@ -186,3 +186,18 @@ def testequal_cuts_are_exact_at_any_range_count():
         assert [int(cuts[r]) for r in picks] == [(int(r) << 64) // n for r in picks]
         if ring_cuts is not None:
             assert np.array_equal(ring_cuts, cuts)
+
+
+def test_unmix64_inverts_mix64_and_names_features():
+    from mpips.keys import feature_names, fnv1a64_text, unmix64
+    x = np.random.default_rng(9).integers(0, 2**64 - 1, 10_000, dtype=np.uint64, endpoint=True)
+    assert np.array_equal(unmix64(mix64(x)), x)
+    ids = np.array([0, 1, 123456, 2**40], np.uint64)
+    hashed = {"method": "mpips.keys.hash_feature", "salt": 99}
+    assert feature_names(hash_feature(ids, 99), hashed) == ["0", "1", "123456", str(2**40)]
+    assert feature_names(ids, {"method": "identity"}) == ["0", "1", "123456", str(2**40)]
+    criteo = {"method": "mpips.keys.hash_feature", "columns": ["label", "I1", "C1", "C2"]}
+    keys = np.array([hash_feature(0, fnv1a64_text("I1")),
+                     hash_feature(0x68FD1E64, fnv1a64_text("C2"))], np.uint64)
+    assert feature_names(keys, criteo) == ["I1", "C2=68fd1e64"]
+    assert feature_names(keys[:1], None) == [f"{int(keys[0]):#018x}"]

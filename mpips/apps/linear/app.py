@@ -333,7 +333,10 @@ class LinearApp(App):
         write_model(path, keys, weights, state,
                     {"config": self.cfg.as_dict(), "source": self.cfg.source,
                      "loss": self.lc.loss, "algorithm": self.lc.algorithm,
-                     "bias": self.lc.bias, "examples": int(examples)})
+                     "bias": self.lc.bias, "examples": int(examples),
+                     # how the training data made its keys: inspect names features
+                     "hashing": json.dumps(self.train.raw.get("hashing")
+                                           if self.train is not None else None)})
         for s in shards:
             os.remove(s)
         return int(keys.size)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...data import load_manifest
 from ...data.manifest import ManifestError, write_manifest
+from ...keys import feature_names
 from .model import BIAS_KEY, metrics_of, read_model, read_share, sigmoid
 
 
@@ -87,13 +88,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---- inspect -------------------------------------------------------------------------
-def inspect_model(path: str, top: int = 10) -> dict[str, Any]:
+def model_hashing(m: Any, data: str | None = None) -> dict[str, Any] | None:
+    """How the model's keys were made: the ``hashing`` record of ``data``'s
+    manifest, else the one the model keeps, else its training set's."""
+    if data:
+        return load_manifest(data).raw.get("hashing")
+    kept = m.attrs.get("hashing")
+    if isinstance(kept, str) and kept not in ("", "null"):
+        return json.loads(kept)
+    cfg = m.attrs.get("config")
+    train = json.loads(cfg).get("data", {}).get("train") if isinstance(cfg, str) else None
+    if train:
+        try:
+            return load_manifest(train).raw.get("hashing")
+        except ValueError:
+            return None  # moved or gone: keys are shown as they are
+    return None
+
+
+def inspect_model(path: str, top: int = 10, data: str | None = None) -> dict[str, Any]:
     m = read_model(path)
     w = m.weights
     features = m.keys != BIAS_KEY
     wf = w[features]
     order = np.argsort(-np.abs(wf))[:top]
     cfg = m.attrs.get("config")
+    hashing = model_hashing(m, data)
+    top_keys = m.keys[features][order]
+    names = feature_names(top_keys, hashing)
     return {"model": str(path), "keys": int(m.keys.size),
             "nonzero": int(np.count_nonzero(wf)), "bias": m.bias,
             "l1_norm": float(np.abs(wf).sum()), "l2_norm": float(np.sqrt((wf ** 2).sum())),
@@ -101,14 +123,38 @@ def inspect_model(path: str, top: int = 10) -> dict[str, Any]:
             "loss": m.loss, "algorithm": m.attrs.get("algorithm"),
             "examples": m.attrs.get("examples"), "state": sorted(m.state),
             "job": json.loads(cfg).get("job", {}).get("name") if isinstance(cfg, str) else None,
-            "top": [{"key": int(k), "weight": float(v)}
-                    for k, v in zip(m.keys[features][order], wf[order], strict=True)]}
+            "hashing": (hashing or {}).get("method"),
+            "top": [{"key": int(k), "feature": n, "weight": float(v)}
+                    for k, n, v in zip(top_keys, names, wf[order], strict=True)]}
+
+
+def export_model(path: str, out: str, data: str | None = None) -> int:
+    """Every weight as TSV (feature, key, weight; by |weight|, the intercept
+    first), written to a temporary name and renamed. Returns the rows."""
+    m = read_model(path)
+    order = np.argsort(-np.abs(m.weights), kind="stable")
+    keys, weights = m.keys[order], m.weights[order]
+    bias = keys == BIAS_KEY
+    keys, weights = np.r_[keys[bias], keys[~bias]], np.r_[weights[bias], weights[~bias]]
+    names = feature_names(keys, model_hashing(m, data))
+    names = ["(intercept)" if k == BIAS_KEY else n for k, n in zip(keys, names, strict=True)]
+    temp = Path(out).with_name(f".{Path(out).name}.tmp")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(temp, "w") as f:
+        f.write("feature\tkey\tweight\n")
+        f.writelines(f"{n}\t{int(k):#018x}\t{v:.9g}\n"
+                     for n, k, v in zip(names, keys.tolist(), weights.tolist(), strict=True))
+    temp.replace(out)
+    return int(keys.size)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     try:
-        info = inspect_model(args.model, args.top)
-    except ValueError as e:
+        info = inspect_model(args.model, args.top, args.data)
+        if args.export:
+            rows = export_model(args.model, args.export, args.data)
+            print(f"mpips inspect: {rows} weights written to {args.export}", file=sys.stderr)
+    except (ValueError, OSError) as e:
         print(f"mpips inspect: {e}", file=sys.stderr)
         return 1
     if args.json:
@@ -119,9 +165,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"job {info['job']!r})")
     print(f"  bias {info['bias']:.6g}  |w|_1 {info['l1_norm']:.6g}  |w|_2 "
           f"{info['l2_norm']:.6g}  max |w| {info['max_abs']:.6g}  state {info['state']}")
-    print(f"  top {len(info['top'])} features by |weight| (key: weight):")
+    print(f"  top {len(info['top'])} features by |weight| (feature, key, weight; keys made "
+          f"by {info['hashing'] or 'an unknown hashing'}):")
     for t in info["top"]:
-        print(f"    {t['key']:#018x}  {t['weight']:+.6g}")
+        print(f"    {t['feature']:>24s}  {t['key']:#018x}  {t['weight']:+.6g}")
     return 0
 
 
