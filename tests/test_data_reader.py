@@ -57,6 +57,31 @@ def test_localise_matches_unique():
     assert empty_unique.size == 0 and empty_columns.size == 0
 
 
+def test_compiled_localise_is_the_numpy_one_exactly():
+    """The radix-sort kernel (numba, the fast extra) against numpy's path:
+    hashed keys, small ids, duplicates, one repeated key, every digit
+    equal in some passes, the largest keys."""
+    import importlib
+    loc = importlib.import_module("mpips.data.localise")
+    kernel = loc.KERNEL.load()
+    if kernel is None:
+        pytest.skip(f"no compiled localise: {loc.KERNEL.why_not()}")
+    rng = np.random.default_rng(4)
+    cases = [rng.integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False),
+             rng.integers(0, 300, 9000).astype(np.uint64),
+             np.full(5000, 2**64 - 1, np.uint64),
+             (rng.integers(0, 50, 6000).astype(np.uint64) << np.uint64(40)),
+             np.r_[np.uint64(0), np.uint64(2**64 - 1), rng.integers(0, 2**64, 4200,
+                                                                    dtype=np.uint64)]]
+    for keys in cases:
+        unique, columns = loc.localise(keys)  # >= COMPILED_MIN_KEYS: the kernel
+        ref_unique, ref_columns = loc.localise_numpy(keys)
+        np.testing.assert_array_equal(unique, ref_unique)
+        np.testing.assert_array_equal(columns, ref_columns)
+        assert columns.dtype == np.int32 and unique.dtype == np.uint64
+        assert np.array_equal(unique[columns], keys)
+
+
 def test_localised_minibatch(adult):
     path = load_manifest(adult).paths[0]
     with PartitionReader(path) as reader:

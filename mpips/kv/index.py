@@ -17,11 +17,11 @@ are not evenly spread make wide buckets: the index then declines
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 
 import numpy as np
+
+from ..compiled import Kernel
 
 # Stored keys per bucket on average; wider buckets cost more search steps,
 # narrower ones a larger table (4 bytes per bucket).
@@ -38,56 +38,35 @@ BUILD_CHUNK = 1 << 16
 COMPILED_MIN_RUN = 1 << 16
 
 
-_compiled: Callable | None = None
-_started = False
-_loading = threading.Lock()
-_loaded = threading.Event()
+def _load_radix_search() -> Callable:
+    from ._index_numba import radix_search
+    one = np.zeros(1, dtype=np.uint64)
+    # compile (or load numba's disk cache) for the store's types
+    radix_search(one, one[0], one[0], np.zeros(2, np.int32), one, np.empty(1, np.intp))
+    radix_search(one, one[0], one[0], np.zeros(2, np.int64), one, np.empty(1, np.intp))
+    return radix_search
 
 
-def _load() -> None:
-    global _compiled
-    with _loading:
-        if _loaded.is_set():
-            return
-        try:
-            if os.environ.get("MPIPS_NUMBA", "1") != "0":
-                from ._index_numba import radix_search
-                one = np.zeros(1, dtype=np.uint64)
-                # compile (or load numba's disk cache) for the store's types
-                radix_search(one, one[0], one[0], np.zeros(2, np.int32), one,
-                             np.empty(1, np.intp))
-                radix_search(one, one[0], one[0], np.zeros(2, np.int64), one,
-                             np.empty(1, np.intp))
-                _compiled = radix_search
-        except ImportError:
-            pass
-        finally:
-            _loaded.set()
+KERNEL = Kernel("radix-search", _load_radix_search)
 
 
 def prepare_compiled_search() -> None:
-    """Import and compile the kernel in a background thread (a store calls
-    this once it holds COMPILED_MIN_RUN keys; small jobs never import numba):
-    numba's import and compilation take about a second, which would
-    otherwise stall a request. Until it is ready, searches take the numpy
-    passes."""
-    global _started
-    if not _started:
-        _started = True
-        threading.Thread(target=_load, name="mpips-index-compile", daemon=True).start()
+    """Load the kernel in the background (a store calls this once it holds
+    COMPILED_MIN_RUN keys; small jobs never import numba); until it is
+    ready, searches take the numpy passes."""
+    KERNEL.prepare()
 
 
 def load_compiled_search() -> Callable | None:
     """Load the kernel now (in this thread) and return it, or None."""
-    _load()
-    return _compiled
+    return KERNEL.load()
 
 
 def compiled_search() -> Callable | None:
     """The numba kernel of :meth:`RadixIndex.search` once loaded: None without
     numba, with ``MPIPS_NUMBA=0``, or before :func:`prepare_compiled_search`
     loaded it (a search never waits for the compiler)."""
-    return _compiled if _loaded.is_set() else None
+    return KERNEL.get()
 
 
 class RadixIndex:
@@ -180,6 +159,4 @@ def search_kernel_line() -> str:
     (loads the kernel first, so that timings do not include the compiler)."""
     if load_compiled_search() is not None:
         return "the radix index, numba kernel"
-    why = "MPIPS_NUMBA=0" if os.environ.get("MPIPS_NUMBA", "1") == "0" else \
-        "numba not installed: pip install 'mpips[fast]'"
-    return f"the radix index, numpy passes ({why})"
+    return f"the radix index, numpy passes ({KERNEL.why_not()})"
