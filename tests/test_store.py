@@ -170,3 +170,27 @@ def test_search_sorted_matches_numpy(n, m):
                                       stored[[0, -1]]]))
     np.testing.assert_array_equal(store_module.search_sorted(stored, queries),
                                   np.searchsorted(stored, queries))
+
+
+def test_the_list_before_last_is_remembered_for_pull_ahead():
+    """A worker pulls minibatch i+1's weights before it pushes minibatch i's
+    gradient: the push repeats the list before last, and finds its slots
+    (same rows updated as without the cache)."""
+    rng = np.random.default_rng(3)
+    keys = np.unique(mix64(np.arange(50_000, dtype=np.uint64)))
+    lists = [np.unique(rng.choice(keys, 3000)) for _ in range(6)]
+    cached, plain = (SortedStore(1, "float32", Add()) for _ in range(2))
+    for store in (cached, plain):
+        store.push(keys, np.zeros((keys.size, 1), np.float32))
+    cached.pull(lists[0], sender=7)
+    for i in range(5):
+        cached.pull(lists[i + 1], sender=7)
+        cached.push(lists[i], np.ones((lists[i].size, 1), np.float32), 7)
+        plain.push(lists[i], np.ones((lists[i].size, 1), np.float32), -1)
+    assert cached.slot_cache_hits == 5
+    np.testing.assert_array_equal(cached.pull(keys), plain.pull(keys))
+    # another requester's lists are its own
+    other = np.unique(rng.choice(keys, 3000))
+    cached.pull(other, sender=8)
+    cached.push(lists[5], np.ones((lists[5].size, 1), np.float32), 8)
+    assert cached.slot_cache_hits == 5

@@ -74,6 +74,13 @@ class Signed:
     signature: int
 
 
+@dataclass(frozen=True)
+class _Previous:
+    """The slot cache's key for a requester's list before last."""
+
+    who: Hashable
+
+
 # Rows moved per step of an in-place merge: a chunk and its scratch copy stay
 # in the L2 cache.
 MERGE_CHUNK = 1 << 15
@@ -417,23 +424,35 @@ class SortedStore:
         return located[0] if located[1].all() else self._add(keys, located)
 
     def _cached_slots(self, keys: np.ndarray, who: Hashable) -> np.ndarray | None:
-        hit = self._slots.get(who)
-        if hit is None or hit[2] != self.version or hit[1].size != keys.size:
-            return None
-        if hit[0] is not None and not np.array_equal(hit[0], keys):
-            return None
-        self._slots.move_to_end(who)
-        self.slot_cache_hits += 1
-        return hit[1]
+        """Slots of a key list this requester sent before: its last list, or
+        the one before (a worker that pulls the next minibatch's weights
+        before it pushes this one's gradient repeats the list before last)."""
+        for entry in (who, _Previous(who)) if not isinstance(who, Signed) else (who,):
+            hit = self._slots.get(entry)
+            if hit is None or hit[2] != self.version or hit[1].size != keys.size:
+                continue
+            if hit[0] is not None and not (hit[0][0] == keys[0] and hit[0][-1] == keys[-1]
+                                           and np.array_equal(hit[0], keys)):
+                continue
+            self._slots.move_to_end(entry)
+            self.slot_cache_hits += 1
+            return hit[1]
+        return None
 
     def _remember(self, who: Hashable, keys: np.ndarray, pos: np.ndarray) -> None:
         """Keep the slots of a key list, within max(SLOT_CACHE_ENTRIES, keys
         stored) slots in all: a store can remember a repeated list of any
         size it holds."""
-        old = self._slots.pop(who, None)
-        if old is not None:
-            self._slot_entries -= old[1].size
         signed = isinstance(who, Signed)
+        old = self._slots.pop(who, None)
+        if old is not None and not signed:
+            # the requester's last list becomes its list before last
+            gone = self._slots.pop(_Previous(who), None)
+            if gone is not None:
+                self._slot_entries -= gone[1].size
+            self._slots[_Previous(who)] = old
+        elif old is not None:
+            self._slot_entries -= old[1].size
         self._slots[who] = (None if signed else keys.copy(), pos, self.version)
         self._slot_entries += pos.size
         budget = max(SLOT_CACHE_ENTRIES, len(self))
