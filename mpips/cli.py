@@ -134,6 +134,10 @@ def _check_program(program: list[str], ranks: int) -> tuple[int, str | None]:
     training job for ``ranks`` ranks, before any rank starts. (0 if it can,
     the training job's output folder, where its status.json will be)."""
     try:
+        if program[0] == "convert":
+            from data_tools.cli import build_parser
+            build_parser().parse_args(program)
+            return 0, None
         args = parser().parse_args(program)
     except SystemExit as e:  # argparse said why
         return int(e.code or 2), None
@@ -231,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     launch.add_arguments(r)
     r.set_defaults(func=lambda args: launch.cmd_run(args, _check_program))
 
+    sub.add_parser("convert", help="convert Hadoop/Spark exports to HDF5 partitions "
+                   "(python -m data_tools convert: mpips convert --help)", add_help=False)
     d = sub.add_parser("demo", help="train the demo job (built-in synthetic data) on N ranks",
                        description="The demo job that ships with mpips (sparse logistic "
                                    "regression on synthetic data), run from any folder with "
@@ -370,7 +376,17 @@ def _linear_commands(sub) -> None:
     pl.set_defaults(func=run("cmd_plot"))
 
 
+def cmd_convert(rest: list[str]) -> int:
+    """``mpips convert ...`` is ``python -m data_tools convert ...`` (one
+    front door; under ``mpips run`` its ranks share the input files)."""
+    from data_tools.cli import main as data_tools_main
+    return data_tools_main(["convert", *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:  # its options are data_tools convert's own
+        return cmd_convert(argv[1:])
     args = parser().parse_args(argv)
     huge_pages_off()  # before any array of the job is made
     try:

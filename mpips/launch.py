@@ -246,7 +246,8 @@ def program_of(args: list[str]) -> list[str]:
     return list(args)
 
 
-COMMANDS = ("train", "bench", "predict", "query", "validate", "config", "inspect", "plot")
+COMMANDS = ("train", "bench", "predict", "query", "validate", "config", "inspect", "plot",
+            "convert")
 
 
 def cmd_run(args: argparse.Namespace,

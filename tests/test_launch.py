@@ -1,6 +1,7 @@
 """``mpips run``: the launch each MPI needs, the job checked before ranks
 start, and Ctrl-C as checkpoint-and-stop."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -99,6 +100,26 @@ def test_run_starts_the_demo_and_returns_its_status(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "mpips run: " in out and " -n 3 " in out and "mpips: demo: done in" in out
+
+
+@pytest.mark.integration
+def test_run_converts_an_export_on_several_ranks(tmp_path):
+    """``mpips run -n 2 convert ...``: data_tools convert's ranks share the
+    files (a bad option is refused before any rank starts)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for i in range(3):
+        (export / f"part-0000{i}").write_text("".join(f"{(r + i) % 2} {r % 50 + 1}:1 77:0.5\n"
+                                                      for r in range(300)))
+    (export / "_SUCCESS").write_text("")
+    out = tmp_path / "data"
+    proc = run_py("-m", "mpips", "run", "-n", "2", "convert", str(export), "-o", str(out),
+                  "--rows-per-partition", "200", timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == 900 and len(manifest["inputs"]) == 3
+    bad = run_py("-m", "mpips", "run", "-n", "2", "convert", str(export), "--no-such", timeout=60)
+    assert bad.returncode == 2 and "the job was not started" in bad.stderr, bad.stderr
 
 
 @pytest.mark.integration
