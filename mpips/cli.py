@@ -135,9 +135,7 @@ def _check_program(program: list[str], ranks: int) -> tuple[int, str | None]:
     the training job's output folder, where its status.json will be)."""
     try:
         if program[0] == "convert":
-            from data_tools.cli import build_parser
-            build_parser().parse_args(program)
-            return 0, None
+            return 0, None  # data_tools checks its own options on every rank
         args = parser().parse_args(program)
     except SystemExit as e:  # argparse said why
         return int(e.code or 2), None
@@ -377,10 +375,11 @@ def _linear_commands(sub) -> None:
 
 
 def cmd_convert(rest: list[str]) -> int:
-    """``mpips convert ...`` is ``python -m data_tools convert ...`` (one
-    front door; under ``mpips run`` its ranks share the input files)."""
-    from data_tools.cli import main as data_tools_main
-    return data_tools_main(["convert", *rest])
+    """``mpips convert ...`` becomes ``python -m data_tools convert ...`` (one
+    front door; under ``mpips run`` its ranks share the input files). An
+    exec, not an import: data_tools builds on mpips, never the reverse."""
+    os.execv(sys.executable, [sys.executable, "-m", "data_tools", "convert", *rest])
+    return 1  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:

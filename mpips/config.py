@@ -305,6 +305,10 @@ section("transport", {
                       positive),
     "idle_sleep": Option(float, 2e-4, "longest sleep between polls of an idle rank (s)",
                          non_negative),
+    "yield_seconds": Option(float, 2e-3, "seconds an idle rank hands the core on "
+                            "(sched_yield) between polls before it starts to sleep; a "
+                            "large value waits as an MPI blocking call does with "
+                            "mpi_yield_when_idle, 0 sleeps at once", non_negative),
     "heartbeat_interval": Option(float, 1.0, "seconds between a rank's heartbeats (sent "
                                  "by a thread: a rank computing still beats)", positive),
     "heartbeat_timeout": Option(float, 60.0, "seconds of silence after which the scheduler "

@@ -71,6 +71,7 @@ def van_for(cfg: Config) -> Van:
     MPI is loaded here, when a rank starts, not when mpips is imported."""
     from .transport import Van
     return Van(idle_sleep=cfg.transport.idle_sleep,
+               yield_seconds=cfg.transport.yield_seconds,
                recv_pool_bytes=cfg.transport.recv_pool_bytes,
                coalesce_bytes=cfg.kv.coalesce_bytes)
 

@@ -135,11 +135,13 @@ class Van:
     """Framed nonblocking messaging over an MPI communicator."""
 
     def __init__(self, comm: MPI.Comm | None = None, idle_sleep: float = 2e-4,
+                 yield_seconds: float = YIELD_SECONDS,
                  recv_pool_bytes: int = 256 << 20, coalesce_bytes: int = 0):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.idle_sleep = idle_sleep
+        self.yield_seconds = yield_seconds
         self._sends: list[tuple[MPI.Request, object, int]] = []  # request, buffers, dest
         self._status = MPI.Status()
         self.fault_tolerant = ulfm_enabled()
@@ -384,7 +386,7 @@ class Van:
                  what: Callable[[], str], idle: Callable[[], None] | None = None) -> None:
         """Poll and pass every message to ``handle`` until it returns True.
 
-        Spins briefly, then yields the core between polls for YIELD_SECONDS
+        Spins briefly, then yields the core between polls for ``yield_seconds``
         (a reply is often tens of microseconds away), then sleeps, longer and
         longer up to ``idle_sleep``: an idle rank must not steal the CPU of a
         busy one when ranks outnumber cores (a yield hands the core to any
@@ -412,7 +414,7 @@ class Van:
             if empty == SPIN_POLLS + 1:
                 idle_since = now
             idle_for = now - idle_since
-            if idle_for < YIELD_SECONDS:
+            if idle_for < self.yield_seconds:
                 yield_core()
             else:
                 time.sleep(min(self.idle_sleep, idle_for / 10))
