@@ -249,3 +249,39 @@ def test_lr_scale_auto_divides_the_rate_by_the_mean_feature_value(tmp_path):
             handle = app.tables()[0].handle
             assert isinstance(handle, FTRLProximal)  # the default update
             assert handle.alpha == pytest.approx(0.1 / want)
+
+
+def test_model_assembled_from_shard_slices_is_the_one_written_whole(tmp_path, monkeypatch):
+    """model.h5 is copied range by range from the servers' shards, a slice
+    at a time (the scheduler never holds the model): the same file contents
+    as writing the concatenation at once."""
+    import h5py
+
+    from mpips.apps.linear import model as model_module
+    monkeypatch.setattr(model_module, "COPY_ROWS", 7)  # many slices per range
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**64 - 1, 500, dtype=np.uint64))
+    w = rng.normal(size=keys.size)
+    acc = rng.random(keys.size).astype(np.float32)
+    cuts = [0, 90, 91, 91, 300, keys.size]  # ranges of 90, 1, 0, 209 and 200 keys
+    # two servers, ranges dealt in turn: server 0 holds ranges 0, 2, 4
+    shards = {0: [0, 2, 4], 1: [1, 3]}
+    pieces = {}
+    for server, ranges in shards.items():
+        idx = np.concatenate([np.arange(cuts[r], cuts[r + 1]) for r in ranges])
+        f = tmp_path / f"shard-{server}.h5"
+        model_module.write_model(f, keys[idx], w[idx], {"acc": acc[idx]})
+        start = 0
+        for r in ranges:
+            pieces[r] = (str(f), start, cuts[r + 1] - cuts[r])
+            start += cuts[r + 1] - cuts[r]
+    model_module.copy_model(tmp_path / "copied.h5", [pieces[r] for r in sorted(pieces)],
+                            {"loss": "logistic"})
+    model_module.write_model(tmp_path / "whole.h5", keys, w, {"acc": acc}, {"loss": "logistic"})
+    with h5py.File(tmp_path / "copied.h5") as a, h5py.File(tmp_path / "whole.h5") as b:
+        for name in ("keys", "weights", "state/acc"):
+            assert a[name].dtype == b[name].dtype
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        assert dict(a.attrs) == dict(b.attrs)
+    m = model_module.read_model(tmp_path / "copied.h5")
+    assert m.loss == "logistic" and np.all(np.diff(m.keys.astype(np.float64)) > 0)

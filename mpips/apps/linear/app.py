@@ -22,6 +22,7 @@ from ..progress import Deltas
 from .model import (
     LOSSES,
     Model,
+    copy_model,
     metrics_of,
     read_model,
     write_model,
@@ -199,7 +200,9 @@ class LinearApp(App):
         return model
 
     def on_server_stop(self, po: Postoffice, server: Any) -> dict[str, Any]:
-        """Write this server's share of the model; the scheduler merges the shards."""
+        """Write this server's share of the model, and where each of its
+        ranges lies in it: the scheduler copies them into model.h5 in key
+        order, a slice at a time."""
         if not self.lc.save_model:
             return {}
         keys, values, state = server.items("w")
@@ -208,7 +211,11 @@ class LinearApp(App):
         path = out / f".model.shard-{po.rank}.h5"
         write_model(path, keys, values.astype(np.float64),
                     state if self.lc.save_state else None)
-        return {"model_shard": str(path)}
+        pieces, start = [], 0
+        for r, store in server.ranges("w"):
+            pieces.append([int(r), start, len(store)])
+            start += len(store)
+        return {"model_shard": str(path), "model_ranges": pieces}
 
     # ---- scheduler ----------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -293,7 +300,7 @@ class LinearApp(App):
                          algorithm=self.lc.algorithm, lr_scale=self.lr_scale, **spent)
             if self.lc.data == "synthetic":
                 final["planted"] = self._planted_reference()
-        shards = [s["model_shard"] for s in servers if s.get("model_shard")]
+        shards = [s for s in servers if s.get("model_shard")]
         model_path = Path(self.cfg.job.output) / "model.h5"
         model_keys = self._merge_model(shards, model_path, examples) if shards else 0
         if final:
@@ -323,23 +330,24 @@ class LinearApp(App):
               f"{model_keys} weights" + (f" in {model_path}" if shards else "")
               + f"; metrics in {out}/metrics.jsonl", flush=True)
 
-    def _merge_model(self, shards: list[str], path: Path, examples: int) -> int:
-        parts = [read_model(s) for s in shards]
-        keys = np.concatenate([p.keys for p in parts])
-        keys, first = np.unique(keys, return_index=True)  # replicas: keep one copy
-        weights = np.concatenate([p.weights for p in parts])[first]
-        state = {n: np.concatenate([p.state[n] for p in parts])[first]
-                 for n in parts[0].state}
-        write_model(path, keys, weights, state,
-                    {"config": self.cfg.as_dict(), "source": self.cfg.source,
-                     "loss": self.lc.loss, "algorithm": self.lc.algorithm,
-                     "bias": self.lc.bias, "examples": int(examples),
-                     # how the training data made its keys: inspect names features
-                     "hashing": json.dumps(self.train.raw.get("hashing")
-                                           if self.train is not None else None)})
-        for s in shards:
-            os.remove(s)
-        return int(keys.size)
+    def _merge_model(self, shards: list[dict[str, Any]], path: Path, examples: int) -> int:
+        """model.h5 from the servers' shards: each range copied from the
+        shard that owned it, in range (= key) order, a slice at a time, so
+        the scheduler never holds the model."""
+        pieces = {}
+        for shard in shards:
+            for r, start, count in shard["model_ranges"]:
+                pieces.setdefault(int(r), (shard["model_shard"], int(start), int(count)))
+        copy_model(path, [pieces[r] for r in sorted(pieces)],
+                   {"config": self.cfg.as_dict(), "source": self.cfg.source,
+                    "loss": self.lc.loss, "algorithm": self.lc.algorithm,
+                    "bias": self.lc.bias, "examples": int(examples),
+                    # how the training data made its keys: inspect names features
+                    "hashing": json.dumps(self.train.raw.get("hashing")
+                                          if self.train is not None else None)})
+        for shard in shards:
+            os.remove(shard["model_shard"])
+        return sum(count for _, _, count in pieces.values())
 
     def _planted_reference(self) -> dict[str, float]:
         """Test metrics of the planted model itself: the best a model can do."""

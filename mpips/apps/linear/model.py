@@ -221,6 +221,46 @@ def write_model(path: str | Path, keys: np.ndarray, weights: np.ndarray,
     temp.replace(path)
 
 
+COPY_ROWS = 1 << 22  # rows per slice when model.h5 is assembled from shards
+
+
+def copy_model(path: str | Path, pieces: list[tuple[str, int, int]],
+               attrs: dict[str, Any] | None = None) -> None:
+    """A model file from slices of model files (``(file, start, count)``,
+    whose keys follow each other in order): what :func:`write_model` would
+    write for their concatenation, copied COPY_ROWS rows at a time."""
+    path = Path(path)
+    total = sum(count for _, _, count in pieces)
+    temp = path.with_name(f".{path.name}.tmp")
+    sources = {f: h5py.File(f, "r") for f in dict.fromkeys(f for f, _, _ in pieces)}
+    try:
+        names = ["keys", "weights"]
+        first = next(iter(sources.values()), None)
+        if first is not None and "state" in first:
+            names += [f"state/{n}" for n in first["state"]]
+        with h5py.File(temp, "w") as h5:
+            h5.attrs["format"] = MODEL_FORMAT
+            h5.attrs["version"] = 1
+            h5.attrs["bias_key"] = int(BIAS_KEY)
+            for k, v in (attrs or {}).items():
+                h5.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+            out = {n: h5.create_dataset(n, shape=(total,), track_times=False,
+                                        dtype=first[n].dtype if first is not None else
+                                        (np.uint64 if n == "keys" else np.float64))
+                   for n in names}
+            at = 0
+            for f, start, count in pieces:
+                for a in range(start, start + count, COPY_ROWS):
+                    b = min(start + count, a + COPY_ROWS)
+                    for n in names:
+                        out[n][at:at + b - a] = sources[f][n][a:b]
+                    at += b - a
+    finally:
+        for src in sources.values():
+            src.close()
+    temp.replace(path)
+
+
 @dataclass
 class Model:
     keys: np.ndarray  # sorted uint64
