@@ -199,6 +199,16 @@ def metrics_of(margin: np.ndarray, y: np.ndarray, loss: str) -> dict[str, Any]:
 
 
 # ---- the model file ---------------------------------------------------------------------------
+def _header(h5: h5py.File, attrs: dict[str, Any] | None) -> None:
+    """A model file's attributes: format, version, the bias key, and the
+    caller's (``config`` and other non-scalars as JSON text)."""
+    h5.attrs["format"] = MODEL_FORMAT
+    h5.attrs["version"] = 1
+    h5.attrs["bias_key"] = int(BIAS_KEY)
+    for k, v in (attrs or {}).items():
+        h5.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+
+
 def write_model(path: str | Path, keys: np.ndarray, weights: np.ndarray,
                 state: dict[str, np.ndarray] | None = None,
                 attrs: dict[str, Any] | None = None) -> None:
@@ -209,11 +219,7 @@ def write_model(path: str | Path, keys: np.ndarray, weights: np.ndarray,
     order = np.argsort(keys, kind="stable")
     temp = path.with_name(f".{path.name}.tmp")
     with h5py.File(temp, "w") as h5:
-        h5.attrs["format"] = MODEL_FORMAT
-        h5.attrs["version"] = 1
-        h5.attrs["bias_key"] = int(BIAS_KEY)
-        for k, v in (attrs or {}).items():
-            h5.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+        _header(h5, attrs)
         h5.create_dataset("keys", data=keys[order].astype(np.uint64), track_times=False)
         h5.create_dataset("weights", data=weights.reshape(-1)[order], track_times=False)
         for name, arr in (state or {}).items():
@@ -239,11 +245,7 @@ def copy_model(path: str | Path, pieces: list[tuple[str, int, int]],
         if first is not None and "state" in first:
             names += [f"state/{n}" for n in first["state"]]
         with h5py.File(temp, "w") as h5:
-            h5.attrs["format"] = MODEL_FORMAT
-            h5.attrs["version"] = 1
-            h5.attrs["bias_key"] = int(BIAS_KEY)
-            for k, v in (attrs or {}).items():
-                h5.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+            _header(h5, attrs)
             out = {n: h5.create_dataset(n, shape=(total,), track_times=False,
                                         dtype=first[n].dtype if first is not None else
                                         (np.uint64 if n == "keys" else np.float64))
