@@ -285,3 +285,12 @@ def test_model_assembled_from_shard_slices_is_the_one_written_whole(tmp_path, mo
         assert dict(a.attrs) == dict(b.attrs)
     m = model_module.read_model(tmp_path / "copied.h5")
     assert m.loss == "logistic" and np.all(np.diff(m.keys.astype(np.float64)) > 0)
+
+
+def test_a_model_with_a_range_missing_is_refused():
+    from mpips.apps.linear.app import model_pieces
+    shards = [{"model_shard": "a.h5", "model_ranges": [[0, 0, 5], [2, 5, 3]]},
+              {"model_shard": "b.h5", "model_ranges": [[1, 0, 4]]}]
+    assert model_pieces(shards, 3) == [("a.h5", 0, 5), ("b.h5", 0, 4), ("a.h5", 5, 3)]
+    with pytest.raises(RuntimeError, match=r"ranges \[3\] of 4 were saved by no server"):
+        model_pieces(shards, 4)

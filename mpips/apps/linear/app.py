@@ -302,7 +302,8 @@ class LinearApp(App):
                 final["planted"] = self._planted_reference()
         shards = [s for s in servers if s.get("model_shard")]
         model_path = Path(self.cfg.job.output) / "model.h5"
-        model_keys = self._merge_model(shards, model_path, examples) if shards else 0
+        model_keys = self._merge_model(shards, model_path, examples, po.ring.num_ranges) \
+            if shards else 0
         if final:
             final["model_keys"] = model_keys
             self._write_metrics(_test_record(final))
@@ -330,15 +331,19 @@ class LinearApp(App):
               f"{model_keys} weights" + (f" in {model_path}" if shards else "")
               + f"; metrics in {out}/metrics.jsonl", flush=True)
 
-    def _merge_model(self, shards: list[dict[str, Any]], path: Path, examples: int) -> int:
+    def _merge_model(self, shards: list[dict[str, Any]], path: Path, examples: int,
+                     num_ranges: int) -> int:
         """model.h5 from the servers' shards: each range copied from the
         shard that owned it, in range (= key) order, a slice at a time, so
-        the scheduler never holds the model."""
-        pieces = {}
-        for shard in shards:
-            for r, start, count in shard["model_ranges"]:
-                pieces.setdefault(int(r), (shard["model_shard"], int(start), int(count)))
-        copy_model(path, [pieces[r] for r in sorted(pieces)],
+        the scheduler never holds the model. Every range of the ring must
+        be in some shard: a model with a range missing is never written."""
+        try:
+            pieces = model_pieces(shards, num_ranges)
+        except RuntimeError:
+            for shard in shards:
+                os.remove(shard["model_shard"])
+            raise
+        copy_model(path, pieces,
                    {"config": self.cfg.as_dict(), "source": self.cfg.source,
                     "loss": self.lc.loss, "algorithm": self.lc.algorithm,
                     "bias": self.lc.bias, "examples": int(examples),
@@ -347,7 +352,7 @@ class LinearApp(App):
                                           if self.train is not None else None)})
         for shard in shards:
             os.remove(shard["model_shard"])
-        return sum(count for _, _, count in pieces.values())
+        return sum(count for _, _, count in pieces)
 
     def _planted_reference(self) -> dict[str, float]:
         """Test metrics of the planted model itself: the best a model can do."""
@@ -355,6 +360,23 @@ class LinearApp(App):
         rows, margin = data.rows(self.lc.synthetic_test_rows, 0)
         m = metrics_of(margin, rows.labels.astype(np.float64), "logistic")
         return {"logloss": m["logloss"], "accuracy": m["accuracy"], "auc": m["auc"]}
+
+
+def model_pieces(shards: list[dict[str, Any]], num_ranges: int) -> list[tuple[str, int, int]]:
+    """(shard file, start, count) of every range of the ring, in range
+    order, from the servers' reports; RuntimeError when a range is in no
+    shard (a model with a range missing is never written)."""
+    pieces: dict[int, tuple[str, int, int]] = {}
+    for shard in shards:
+        for r, start, count in shard["model_ranges"]:
+            pieces.setdefault(int(r), (shard["model_shard"], int(start), int(count)))
+    missing = sorted(set(range(num_ranges)) - set(pieces))
+    if missing:
+        raise RuntimeError(f"the model's ranges {missing[:10]}"
+                           f"{' ...' if len(missing) > 10 else ''} of {num_ranges} were "
+                           "saved by no server (their server died while the job ended?): "
+                           "no model.h5 written; resume from the last checkpoint")
+    return [pieces[r] for r in sorted(pieces)]
 
 
 def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> dict[str, Any]:
