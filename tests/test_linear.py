@@ -294,3 +294,21 @@ def test_a_model_with_a_range_missing_is_refused():
     assert model_pieces(shards, 3) == [("a.h5", 0, 5), ("b.h5", 0, 4), ("a.h5", 5, 3)]
     with pytest.raises(RuntimeError, match=r"ranges \[3\] of 4 were saved by no server"):
         model_pieces(shards, 4)
+
+
+def test_kept_minibatches_share_one_budget():
+    """[linear] cache_bytes bounds every set a worker keeps together (its
+    training partitions and its test share): a set is kept whole or not at
+    all, and a dropped set gives its bytes back."""
+    from mpips.apps.linear.model import BatchCache
+    cache = BatchCache(100)
+    assert list(cache.fill("a", [30, 30], size=int)) == [30, 30]
+    assert cache.get("a") == [30, 30] and cache.used == 60
+    assert list(cache.fill("b", [20, 30], size=int)) == [20, 30]  # 110 > 100
+    assert cache.get("b") is None and cache.used == 60
+    list(cache.fill("c", [40], size=int, want=False))
+    assert cache.get("c") is None
+    cache.drop("a")
+    assert cache.used == 0
+    list(cache.fill("b", [20, 30], size=int))
+    assert cache.get("b") == [20, 30] and cache.used == 50

@@ -24,6 +24,7 @@ from ...kv.worker import KVWorker
 from ...postoffice import Postoffice
 from .model import (
     Batch,
+    BatchCache,
     auc_exact,
     auc_from_histograms,
     batch_bytes,
@@ -47,6 +48,7 @@ ROUND_SHIFT = 40  # round r's keys are mix64((r + 1) << 40 | slot or row)
 # shares of a round are in (SLOT_SCORED + w). A resumed job reads them so as
 # not to add a round twice.
 SLOT_SCORED = 1 << 38
+TEST_SHARE = ("test share",)  # its name in the worker's BatchCache (partition paths: the others)
 
 
 def round_keys(rnd: int, slots: np.ndarray) -> np.ndarray:
@@ -58,7 +60,7 @@ class Evaluator:
     """One worker's part of the test rounds (worker 0 also reduces them)."""
 
     def __init__(self, app: LinearApp, po: Postoffice, synthetic: Synthetic | None,
-                 counters: dict[str, Any], report: Callable[[], None]):
+                 counters: dict[str, Any], report: Callable[[], None], cache: BatchCache):
         self.app, self.po, self.lc = app, po, app.lc
         self.synthetic = synthetic
         self.counters, self.report = counters, report
@@ -69,9 +71,9 @@ class Evaluator:
         self.evals: list[dict[str, Any]] = []
         self.epochs = {e for e in range(app.epochs - 1) if app.test_rows
                        and self.lc.eval_every and (e + 1) % self.lc.eval_every == 0}
-        # this worker's localised test share, kept for the next rounds when
-        # it fits in [linear] cache_bytes (None: not read yet, or too big)
-        self._kept: list[tuple[Batch, int]] | None = None
+        # this worker's localised test share is kept there for the next
+        # rounds, within the budget its training minibatches share
+        self.cache = cache
 
     def survivors(self) -> None:
         """After a worker died, the survivors share the final scoring, and the
@@ -84,25 +86,17 @@ class Evaluator:
                   f"{self.workers - len(live)} worker(s) died", flush=True)
         self.pending_rounds = []
         self.index, self.workers = live.index(self.po.rank), len(live)
-        self._kept = None  # the shares are cut anew
+        self.cache.drop(TEST_SHARE)  # the shares are cut anew
 
     def _test_batches(self) -> Iterator[tuple[Batch, int]]:
         """This worker's localised test share (see ``_test_share``), kept
         after the first round while it fits in ``[linear] cache_bytes``."""
-        if self._kept is not None:
-            yield from self._kept
-            return
-        keep: list[tuple[Batch, int]] | None = [] if len(self.epochs) else None
-        size = 0
-        for mb, first in self._test_share():
-            batch = batch_of(mb, self.lc.bias)
-            if keep is not None:
-                size += batch_bytes(batch)
-                keep = keep if size <= self.lc.cache_bytes else None
-                if keep is not None:
-                    keep.append((batch, first))
-            yield batch, first
-        self._kept = keep
+        kept = self.cache.get(TEST_SHARE)
+        if kept is not None:
+            return iter(kept)
+        return self.cache.fill(TEST_SHARE, ((batch_of(mb, self.lc.bias), first)
+                                            for mb, first in self._test_share()),
+                               want=bool(self.epochs), size=lambda piece: batch_bytes(piece[0]))
 
     def _test_share(self) -> Iterator[tuple[Minibatch, int]]:
         """This worker's test rows in pieces, with the global id of each piece's first row."""

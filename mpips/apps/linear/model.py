@@ -11,7 +11,7 @@ is >= 0, so accuracy and AUC (a ranking of margins) mean the same for all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,44 @@ def batch_bytes(batch: Batch) -> int:
     X = batch.X
     return int(batch.keys.nbytes + batch.y.nbytes + X.data.nbytes + X.indices.nbytes
                + X.indptr.nbytes)
+
+
+class BatchCache:
+    """Localised minibatches a worker keeps to train or score on again,
+    within one byte budget (``[linear] cache_bytes``) shared by its training
+    partitions and its test share; a set is kept whole or not at all."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self._kept: dict[Hashable, tuple[list[Any], int]] = {}
+
+    def get(self, name: Hashable) -> list[Any] | None:
+        kept = self._kept.get(name)
+        return None if kept is None else kept[0]
+
+    def fill(self, name: Hashable, items: Iterable[Any], want: bool = True,
+             size: Callable[[Any], int] = batch_bytes) -> Iterator[Any]:
+        """Yield ``items``; once all are through, keep them under ``name``
+        if ``want`` and they fit in what is left of the budget."""
+        keep: list[Any] | None = [] if want else None
+        total = 0
+        for item in items:
+            if keep is not None:
+                total += size(item)
+                if self.used + total <= self.budget:
+                    keep.append(item)
+                else:
+                    keep = None  # over budget: read again next time
+            yield item
+        if keep is not None:
+            self._kept[name] = (keep, total)
+            self.used += total
+
+    def drop(self, name: Hashable) -> None:
+        kept = self._kept.pop(name, None)
+        if kept is not None:
+            self.used -= kept[1]
 
 
 def batch_of(mb: Minibatch, bias: bool) -> Batch:

@@ -15,7 +15,7 @@ import numpy as np
 from ...kv.worker import KVWorker
 from ...postoffice import WORKERS, Postoffice
 from .evaluation import Evaluator
-from .model import Batch, batch_bytes, batch_of, gradient
+from .model import Batch, BatchCache, batch_of, gradient
 from .synthetic import Synthetic
 
 if TYPE_CHECKING:
@@ -81,16 +81,17 @@ class LinearWorker:
         self.clock = PhaseClock()
         self.inflight: deque[int] = deque()
         self.last_report = time.monotonic()
-        # partition path -> its localised minibatches, for later epochs (the
-        # queue gives a worker the partitions it had before when it can)
-        self.batches: dict[str, list[Batch]] = {}
-        self.batch_bytes = 0
+        # localised minibatches by partition path, for later epochs (the
+        # queue gives a worker the partitions it had before when it can),
+        # and the test share ("test"), within [linear] cache_bytes
+        self.cache = BatchCache(self.lc.cache_bytes)
         self.verified: set[str] = set()  # partitions checked against their SHA-256
         self.synthetic = None
         if self.lc.data == "synthetic":
             self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
                                        app.cfg.job.seed)
-        self.evaluation = Evaluator(app, po, self.synthetic, self.counters, self.report)
+        self.evaluation = Evaluator(app, po, self.synthetic, self.counters, self.report,
+                                    self.cache)
 
     def report(self) -> None:
         self.po.report(self.counters)
@@ -146,7 +147,7 @@ class LinearWorker:
         task = self.po.next_task()
         while task is not None:
             path = task["path"]
-            cached = self.batches.get(path)
+            cached = self.cache.get(path)
             yield task["epoch"], iter(cached) if cached is not None else self._read(path)
             t = time.perf_counter()
             self._drain()  # a task is done when its pushes are acknowledged
@@ -167,23 +168,16 @@ class LinearWorker:
             self.verified.add(path)
         mb_rows = self.app.minibatch
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
-        keep: list[Batch] | None = [] if self.app.epochs > 1 else None
-        size = 0
+        yield from self.cache.fill(path, self._localised(read_minibatches(
+            [path], mb_rows, chunk, [info])), want=self.app.epochs > 1)
+
+    def _localised(self, minibatches: Iterator[Any]) -> Iterator[Batch]:
         seconds = self.clock.seconds
-        for mb in read_minibatches([path], mb_rows, chunk, [info]):
+        for mb in minibatches:
             t = time.perf_counter()
             batch = batch_of(mb, self.lc.bias)
             seconds["localise"] += time.perf_counter() - t
-            if keep is not None:
-                size += batch_bytes(batch)
-                if self.batch_bytes + size <= self.lc.cache_bytes:
-                    keep.append(batch)
-                else:
-                    keep = None  # over budget: this partition is read again next epoch
             yield batch
-        if keep is not None:
-            self.batches[path] = keep
-            self.batch_bytes += size
 
     # ---- training ----
     def _bound(self, room: int) -> None:
