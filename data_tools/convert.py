@@ -19,7 +19,7 @@ from typing import Any
 from data_tools.errors import DataError
 from data_tools.formats import FORMATS, ConvertOptions
 from data_tools.formats.base import BadLineBudget
-from data_tools.sources import find_inputs, input_size
+from data_tools.sources import find_inputs
 from mpips.data import storage
 from mpips.data.format import MANIFEST
 from mpips.data.manifest import write_manifest
@@ -40,12 +40,16 @@ class OutputSpec:
     overwrite: bool = False
 
 
+def partition_file(name: str) -> bool:
+    """Whether a file name is a partition of a data set, or one being written."""
+    return name.startswith(("part-", ".part-")) and name.endswith((".h5", ".h5.tmp"))
+
+
 def prepare_output(spec: OutputSpec) -> None:
     """Create the folder; refuse to mix with an earlier data set unless told."""
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    old = [p for p in folder.iterdir() if p.name == MANIFEST or
-           (p.name.startswith(("part-", ".part-")) and p.name.endswith((".h5", ".h5.tmp")))]
+    old = [p for p in folder.iterdir() if p.name == MANIFEST or partition_file(p.name)]
     if old and not spec.overwrite:
         raise DataError(f"{folder}: already holds a data set ({old[0].name}); "
                         "use --overwrite or another folder")
@@ -56,7 +60,7 @@ def prepare_output(spec: OutputSpec) -> None:
 def _run_rank(comm: Comm, files: list[str], fmt_name: str, options: ConvertOptions,
               spec: OutputSpec) -> dict[str, Any]:
     """This rank's share of the work; never raises (so no rank hangs in a collective)."""
-    sizes = [input_size(f) for f in files]
+    sizes = [storage.size(f) for f in files]
     mine = split_by_size(sizes, comm.size)[comm.rank]
     budget = BadLineBudget(options.skip_bad)
     fmt = FORMATS[fmt_name](options, budget)
@@ -158,8 +162,7 @@ def _convert_to_store(inputs: list[str], fmt_name: str, options: ConvertOptions,
                     names = {p["name"] for p in manifest["partitions"]}
                     for path, _ in storage.listing(target):  # an older set's leftovers
                         name = path.rsplit("/", 1)[-1]
-                        if name.startswith("part-") and name.endswith(".h5") and \
-                                name not in names:
+                        if partition_file(name) and name not in names:
                             storage.remove_tree(path)
             except OSError as e:
                 failed.append(f"{target}: cannot upload the manifest: {e}")

@@ -60,9 +60,6 @@ def _walk(folder: str) -> Iterator[str]:
             yield path
 
 
-def input_size(path: str) -> int:
-    return storage.size(path)
-
 
 class _Decompressed(io.BufferedReader):
     """A gzip or bzip2 reader that also closes the file under it."""

@@ -117,12 +117,10 @@ HOST_ARGS = ("--host", "-H", "-host", "--hostfile", "-hostfile", "--machinefile"
              "-machinefile", "-f", "--default-hostfile")
 
 
-def on_one_host(env: dict[str, str], extra: list[str]) -> bool:
-    """Whether every rank starts on this host: no multi-node allocation,
-    no host list among the launcher arguments."""
-    if in_slurm(env) and int(env.get("SLURM_JOB_NUM_NODES", "1") or 1) > 1:
-        return False
-    return not any(a.split("=", 1)[0] in HOST_ARGS for a in extra)
+def on_one_host(nodes: int, extra: list[str]) -> bool:
+    """Whether every rank starts on this host: one node (outside Slurm, or
+    a one-node allocation), no host list among the launcher arguments."""
+    return nodes == 1 and not any(a.split("=", 1)[0] in HOST_ARGS for a in extra)
 
 
 def leave_out_network_probe(env: dict[str, str], notes: list[str]) -> None:
@@ -166,6 +164,7 @@ def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = 
     nodes = int(env.get("SLURM_JOB_NUM_NODES", "1") or 1) if in_slurm(env) else 1
     per_node = -(-ranks // max(1, nodes))
     oversubscribed = per_node > cores
+    one_host = on_one_host(nodes, extra or [])
     notes: list[str] = []
     # One thread per rank for numpy's BLAS: ranks, not threads, are the parallelism.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -184,7 +183,7 @@ def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = 
             raise LaunchError("srun not found")
         notes.append("srun: no ULFM (failed ranks end the job; recovery is checkpoint/"
                      "restart with --resume)")
-        if on_one_host(env, extra or []):
+        if one_host:
             leave_out_network_probe(env, notes)  # harmless to an MPICH
         return Launch(["srun", "--mpi=pmix", f"--ntasks={ranks}", *(extra or []), *program],
                       env, notes)
@@ -202,7 +201,7 @@ def build(ranks: int, program: list[str], *, launcher: str = "auto", ft: bool = 
             cmd += ["--oversubscribe", "--bind-to", "none"]
             env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
             notes.append(f"{per_node} ranks on {cores} cores: oversubscribed, idle ranks yield")
-        if on_one_host(env, extra or []):
+        if one_host:
             leave_out_network_probe(env, notes)
         if ft and mpi.ulfm:
             cmd += ["--with-ft", "ulfm"]
