@@ -7,6 +7,7 @@ nothing lost, nothing counted twice.
 
 import json
 import os
+import re
 
 import pytest
 
@@ -15,12 +16,13 @@ from tests.mpitools import run_mpi
 pytestmark = pytest.mark.integration
 
 
-def counts_run(tmp_path, n, servers, k, kill, virtual=1, chunk=0, coalesce=0):
+def counts_run(tmp_path, n, servers, k, kill, virtual=1, chunk=0, coalesce=0, keyset=False):
+    env = {"MPIPS_TEST_KILL": kill, **({"MPIPS_TEST_KEYSET": "1"} if keyset else {})}
     proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
                    f"layout.servers={servers}", f"layout.replication={k}",
                    f"layout.virtual_servers={virtual}", f"job.output={tmp_path}",
                    f"kv.chunk_keys={chunk}", f"kv.coalesce_bytes={coalesce}",
-                   "transport.timeout=30", ft=True, timeout=120, env={"MPIPS_TEST_KILL": kill})
+                   "transport.timeout=30", ft=True, timeout=120, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and out.count("keys exact") == n - 1 - servers, out[-4000:]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -34,6 +36,15 @@ def test_server_killed_mid_run_loses_nothing(tmp_path):
     assert "survived the loss of rank(s) [2]" in out
     names = [e["event"] for e in events]
     assert names.count("detected") == 1 and "first_served" in names and "repaired" in names
+
+
+def test_key_sets_survive_a_server_killed_mid_run(tmp_path):
+    # requests by position to a dead server are resent by keys, and the sets
+    # are registered again with the new owners under the new ring
+    out, events = counts_run(tmp_path, 6, servers=3, k=1, kill="10:2", keyset=True)
+    assert "survived the loss of rank(s) [2]" in out
+    served = [int(m) for m in re.findall(r"(\d+) requests by key set position", out)]
+    assert len(served) == 2 and min(served) > 0, out[-2000:]
 
 
 def test_two_servers_killed_one_after_another_with_repair(tmp_path):

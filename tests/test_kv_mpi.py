@@ -36,6 +36,22 @@ def test_counts_are_exact(n, servers, virtual, chunk, coalesce):
         assert "; 0 bundles sent" not in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.parametrize("n,servers,virtual,chunk,coalesce", [
+    (3, 1, 1, 0, 0), (6, 2, 3, 1024, 0), (5, 2, 1, 0, 1 << 16)])
+def test_counts_are_exact_with_key_sets(n, servers, virtual, chunk, coalesce):
+    """Half the rounds go as positions into a registered key set, half as
+    keys, onto the same stores: counts stay exact, and the servers did serve
+    requests by position."""
+    proc = run_mpi(n, "python", "tests/progs/kv_job.py", "counts",
+                   f"layout.servers={servers}", f"layout.virtual_servers={virtual}",
+                   f"kv.chunk_keys={chunk}", f"kv.coalesce_bytes={coalesce}",
+                   "transport.timeout=60", timeout=120, env={"MPIPS_TEST_KEYSET": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("keys exact") == n - 1 - servers
+    served = [int(m) for m in re.findall(r"(\d+) requests by key set position", proc.stdout)]
+    assert len(served) == servers and min(served) > 0, proc.stdout[-2000:]
+
+
 def test_the_layout_and_ring_are_written_and_shared_hosts_are_said(tmp_path):
     import json
     proc = run_mpi(5, "python", "tests/progs/kv_job.py", "counts", "layout.servers=2",
@@ -90,9 +106,11 @@ def test_bench_kv_runs_and_writes_json(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["op"], r["lists"]) for r in rows} == {
         ("push", "repeated"), ("pull", "repeated"), ("pushpull", "repeated"),
-        ("pull", "fresh"), ("pushpull", "fresh")}  # fresh lists: a new one per request
+        ("pull", "fresh"), ("pushpull", "fresh"),  # fresh lists: a new one per request
+        ("pull", "keyset"), ("pushpull", "keyset")}  # the same, by key set position
     assert sorted({r["keys"] for r in rows}) == [1000, 10000, 100000]
     assert "fresh lists / repeated list: pull 1e+03" in proc.stdout
+    assert "fresh lists by key set / repeated list: pull 1e+03" in proc.stdout
     for r in rows:
         assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
         assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0

@@ -54,6 +54,9 @@ section("bench", {
                     "request (random stored keys, as each minibatch of a real job sends), "
                     "shown first; the other rows repeat one list, which the store's slot "
                     "cache serves without a lookup"),
+    "keysets": Option(bool, True, "with fresh: time the same new lists again as positions "
+                      "into a registered key set (the pool they are drawn from), as a "
+                      "worker sends a partition's minibatches (rows 'keyset')"),
     "background_keys": Option(int, 1_000_000, "random keys stored first (in all), so that "
                               "no request is a contiguous run of the store (which the store "
                               "serves with views, no lookup)",
@@ -195,8 +198,10 @@ class KVBench(App):
         pool = np.concatenate([keys, background])
         rng = np.random.default_rng([nkeys, po.worker_index()])
         lists = max(window + 1, min(reps, int(3e7 // nkeys)))  # memory: 3e7 keys at most
-        fresh = [np.sort(pool[rng.choice(pool.size, nkeys, replace=False)])
-                 for _ in range(lists)]
+        order = np.argsort(pool)
+        pool = pool[order]
+        picks = [np.sort(rng.choice(pool.size, nkeys, replace=False)) for _ in range(lists)]
+        fresh = [pool[p] for p in picks]
         vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
         # untimed, as the repeated rows' warm-up: the servers build their
         # stores' search index once enough keys were searched (a real job's
@@ -207,6 +212,17 @@ class KVBench(App):
             kv_time = self._timed(po, kv, op, fresh, vals, outs)
             rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
                          "mpi_time": self._raw(po, keys, op, lists), "lists": "fresh"})
+        # The same new lists as positions into the pool, registered once as a
+        # key set (as a worker registers its partition's keys): no search.
+        if self.b.keysets:
+            pool_set = kv.register(pool)
+            subsets = [pool_set.subset(p) for p in picks]
+            self._timed(po, kv, "pull", subsets[: window + 1], vals, outs)  # registered
+            for op in ("pull", "pushpull"):
+                kv_time = self._timed(po, kv, op, subsets, vals, outs)
+                rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
+                             "mpi_time": self._raw(po, keys, op, lists), "lists": "keyset"})
+            kv.forget(pool_set)
         return rows
 
     def _naive(self, po: Postoffice, keys: np.ndarray, vals: np.ndarray, op: str,
@@ -295,11 +311,12 @@ class KVBench(App):
                   f"{rec['mpi_bytes_per_s'] / 1e9:9.3f} {rec['ratio']:7.1%}{naive}",
                   flush=True)
         rate = {(r["op"], r["lists"], r["keys"]): r["keys_per_s"] for r in lines}
-        pairs = [(op, k) for op, lists, k in rate if lists == "fresh"
-                 and (op, "repeated", k) in rate]
-        if pairs:
-            print("fresh lists / repeated list: " + ", ".join(
-                f"{op} {k:.0e} {rate[(op, 'fresh', k)] / rate[(op, 'repeated', k)]:.0%}"
-                for op, k in pairs), flush=True)
+        for kind, what in (("fresh", "fresh lists"), ("keyset", "fresh lists by key set")):
+            pairs = [(op, k) for op, lists, k in rate if lists == kind
+                     and (op, "repeated", k) in rate]
+            if pairs:
+                print(f"{what} / repeated list: " + ", ".join(
+                    f"{op} {k:.0e} {rate[(op, kind, k)] / rate[(op, 'repeated', k)]:.0%}"
+                    for op, k in pairs), flush=True)
         if b.json:
             append_jsonl(b.json, lines)

@@ -30,8 +30,9 @@ from ..keys import strictly_increasing
 from ..postoffice import Postoffice
 from ..ring import KeyRing
 from ..transport import Message, Op
-from ..transport.message import FLAG_KEYS_CHECKED
+from ..transport.message import FLAG_KEYS_CHECKED, FLAG_POSITIONS
 from .aggregate import SyncAggregator
+from .keyset import ServerKeySets
 from .store import Signed, SortedStore
 
 RECENT_REQUESTS = 4096  # per worker and range: how far back duplicates are caught
@@ -111,8 +112,11 @@ class KVServer:
         po.add_stats(("server",), self.filters.stats)
         # consistency: aggregated pushes of a task, pulls that wait for them
         self.aggregator = SyncAggregator(self)
+        self.keysets = ServerKeySets()  # workers' registered key sets (kv/keyset.py)
         for op in (Op.PUSH, Op.PULL, Op.PUSHPULL):
             po.on(op, self.handle)
+        po.on(Op.KEYSET, self._keyset_in)
+        po.on(Op.KEYSET_DROP, self._keyset_in)
         po.on(Op.REPL, self._replicate_in)
         po.on(Op.REPL_ACK, self._replica_ack)
         po.on(Op.SNAPSHOT, self._snapshot_in)
@@ -201,18 +205,28 @@ class KVServer:
         if msg.ring_version > self.po.ring.version:
             self.deferred.append(msg)  # the ring update is still on its way
             return
+        replicate = self.po.ring.replication > 0 and msg.op != Op.PULL
+        slots = None  # store slots of the keys: a request of a registered key set
         try:
-            pieces = self._check(msg)
-        except ValueError as e:
+            if msg.flags & FLAG_POSITIONS:
+                pieces, slots, keys_of = self.keysets.translate(
+                    msg.sender, msg.table, msg.keyset, msg.keys, self.primary)
+                self._check_values(msg, slots.size)
+                msg.keys = None
+                if replicate or self.aggregator.groups:  # replicas and held pulls: keys
+                    msg.keys, msg.flags = keys_of(), msg.flags & ~FLAG_POSITIONS
+            else:
+                pieces = self._check(msg)
+        except ValueError as e:  # KeySetError too
             self.po.send(msg.sender, Message(op=Op.ERROR, table=msg.table, ts=msg.ts,
                                              aux2=msg.aux2, meta=str(e).encode()))
             return
-        if self.aggregator.intercept(msg):  # consistency: held or aggregated
+        if msg.keys is not None and self.aggregator.intercept(msg):  # consistency
             return
+        nkeys = slots.size if slots is not None else msg.keys.size
         self.requests += 1
-        self.keys_served += msg.keys.size
+        self.keys_served += nkeys
         t, keys, vals = msg.table, msg.keys, msg.vals
-        replicate = self.po.ring.replication > 0 and msg.op != Op.PULL
         rows_out = [] if msg.op != Op.PUSH else None
         self._next_repl += 1
         held = _AwaitReplicas(self._next_repl, msg.sender, Message(
@@ -225,19 +239,25 @@ class KVServer:
         rid = request_id(msg.ts, msg.chunk)
         for r, a, b in pieces:
             store = self.primary[(t, r)]
-            k = keys[a:b]
+            k = None if keys is None else keys[a:b]
+            at = None if slots is None else slots[a:b]
             duplicate = replicate and (msg.sender, rid) in self.applied[r]
             if msg.op == Op.PULL or duplicate:
                 if rows_out is not None:
-                    rows_out.append(store.pull(k, sender=who))
+                    rows_out.append(store.pull(k, sender=who) if at is None
+                                    else store.pull_at(at))
                 continue
             if msg.op == Op.PUSH:
-                store.push(k, vals[a:b], who)
+                if at is None:
+                    store.push(k, vals[a:b], who)
+                else:
+                    store.update_at(at, vals[a:b])
             else:
-                rows_out.append(store.pushpull(k, vals[a:b], who))
+                rows_out.append(store.pushpull(k, vals[a:b], who) if at is None
+                                else store.update_at(at, vals[a:b], want_rows=True))
             if replicate:
                 self.applied[r].add(msg.sender, rid)
-                self._forward(t, r, k, store, msg, held)
+                self._forward(t, r, k, store, msg, held, at)
         if rows_out is not None:
             held.reply.vals = rows_out
             self.filters.encode_reply(held.reply)
@@ -250,15 +270,18 @@ class KVServer:
             # a reply to a request of a bundle goes with the bundle's other replies
             self.po.send(held.reply_to, held.reply, defer=msg.bundled)
 
+    def _check_values(self, msg: Message, nkeys: int) -> None:
+        if msg.op != Op.PULL:
+            vdim = self.tables[msg.table].vdim
+            nvals = 0 if msg.vals is None else msg.vals.size
+            if nvals != nkeys * vdim:
+                raise ValueError(f"{nvals} values for {nkeys} keys of vdim {vdim}")
+
     def _check(self, msg: Message) -> list[tuple[int, int, int]]:
         if not 0 <= msg.table < len(self.tables):
             raise ValueError(f"unknown table id {msg.table}")
         keys = msg.keys
-        if msg.op != Op.PULL:
-            vdim = self.tables[msg.table].vdim
-            nvals = 0 if msg.vals is None else msg.vals.size
-            if nvals != keys.size * vdim:
-                raise ValueError(f"{nvals} values for {keys.size} keys of vdim {vdim}")
+        self._check_values(msg, keys.size)
         # the worker checked its keys at its door (check_keys) and says so
         if not msg.flags & FLAG_KEYS_CHECKED and not strictly_increasing(keys):
             raise ValueError("keys must be sorted and unique")
@@ -309,8 +332,8 @@ class KVServer:
 
     # ---- replication --------------------------------------------------------------
     def _forward(self, t: int, r: int, keys: np.ndarray, store: Any, msg: Message,
-                 held: _AwaitReplicas) -> None:
-        rows = store.rows_with_state(keys)
+                 held: _AwaitReplicas, slots: np.ndarray | None = None) -> None:
+        rows = store.rows_with_state(keys) if slots is None else store.rows_with_state_at(slots)
         meta = Message.jmeta([msg.sender, request_id(msg.ts, msg.chunk)])
         for replica in self.po.ring.replicas(r):
             rank = self.po.server_rank(replica)
@@ -367,7 +390,24 @@ class KVServer:
         self._repair(old, new, set(promoted))
         still, self.deferred = self.deferred, []
         for msg in still:
-            self.handle(msg)
+            if msg.op in (Op.KEYSET, Op.KEYSET_DROP):
+                self._keyset_in(msg)
+            else:
+                self.handle(msg)
+
+    # ---- registered key sets ----------------------------------------------------------
+    def _keyset_in(self, msg: Message) -> None:
+        """A worker registers (KEYSET) or forgets (KEYSET_DROP) a key set; a
+        message of a ring this server has not seen yet waits in ``deferred``,
+        in order with the requests behind it."""
+        if msg.ring_version > self.po.ring.version:
+            self.deferred.append(msg)
+            return
+        if msg.op == Op.KEYSET_DROP:
+            self.keysets.drop(msg.sender, msg.table, msg.keyset)
+            return
+        starts, ranges = self.po.ring.slice(msg.keys)
+        self.keysets.register(msg.sender, msg.table, msg.keyset, msg.keys, starts, ranges)
 
     def _repair(self, old: KeyRing, new: KeyRing, promoted: set[int]) -> None:
         """Copy each owned range to the replicas that did not hold it (or to all

@@ -520,6 +520,10 @@ class SortedStore:
             # A contiguous run: the handle updates the stored rows in place.
             self.handle(self._vbuf[run], pushed, {n: b[run] for n, b in self._sbuf.items()})
             return self._vbuf[run].copy() if want_rows else None
+        return self._apply_at(pos, pushed, want_rows)
+
+    def _apply_at(self, pos: np.ndarray, pushed: np.ndarray, want_rows: bool
+                  ) -> np.ndarray | None:
         rows = np.take(self._vbuf, pos, axis=0)
         state = {n: np.take(b, pos, axis=0) for n, b in self._sbuf.items()}
         self.handle(rows, pushed, state)
@@ -528,13 +532,41 @@ class SortedStore:
             _scatter(self._sbuf[n], pos, st)
         return rows if want_rows else None
 
+    # ---- requests by slots (registered key sets) -----------------------------------
+    def resolve(self, keys: np.ndarray) -> np.ndarray:
+        """Slots of sorted unique ``keys``, storing those not stored yet at
+        ``handle.init`` (what a pull of them reads anyway). The slots stay
+        valid while ``version`` does: every insert changes it. A key set the
+        server registered is resolved once per change, and its requests then
+        name rows by slot (:meth:`pull_at`, :meth:`update_at`): no search."""
+        if keys.size == 0:
+            return np.empty(0, dtype=np.intp)
+        return self._slots_of(keys)
+
+    def pull_at(self, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``slots`` (from :meth:`resolve` under the current version)."""
+        if out is None:
+            out = np.empty((slots.size, self.vdim), dtype=self.dtype)
+        return np.take(self._vbuf, slots, axis=0, out=out, mode="clip")
+
+    def update_at(self, slots: np.ndarray, pushed: np.ndarray,
+                  want_rows: bool = False) -> np.ndarray | None:
+        """Apply the handle to the rows at ``slots`` (from :meth:`resolve` under
+        the current version); with ``want_rows``, return the updated rows."""
+        if slots.size == 0:
+            return np.empty((0, self.vdim), dtype=self.dtype) if want_rows else None
+        return self._apply_at(slots, self._rows(pushed, slots.size), want_rows)
+
     # ---- replication -------------------------------------------------------------
     def rows_with_state(self, keys: np.ndarray) -> np.ndarray:
         """Values and state of stored ``keys`` side by side, (n, vdim * (1 + states)):
         what an owner sends its replicas."""
-        pos, _ = self.locate(keys)
-        cols = [np.take(self._vbuf, pos, axis=0),
-                *(np.take(b, pos, axis=0) for b in self._sbuf.values())]
+        return self.rows_with_state_at(self.locate(keys)[0])
+
+    def rows_with_state_at(self, slots: np.ndarray) -> np.ndarray:
+        """:meth:`rows_with_state` of the rows at ``slots``."""
+        cols = [np.take(self._vbuf, slots, axis=0),
+                *(np.take(b, slots, axis=0) for b in self._sbuf.values())]
         return cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
 
     def assign_rows(self, keys: np.ndarray, rows: np.ndarray | None) -> None:

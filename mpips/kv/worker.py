@@ -14,6 +14,11 @@ Keys are checked here, once (:func:`mpips.keys.check_keys`), and every
 message says so in its header (``FLAG_KEYS_CHECKED``): the server trusts it.
 A request of a task carries the task's timestamp (``task=``), which servers
 use to hold pulls behind the aggregated pushes of earlier tasks.
+
+A key list drawn from a larger set known in advance (a minibatch's keys,
+from its data partition's) can go as positions: ``ks = register(keys)`` once,
+then requests of ``ks.subset(positions)``; the servers then look nothing up
+(:mod:`mpips.kv.keyset`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from ..filters import WorkerFilters
 from ..keys import check_keys
 from ..postoffice import Postoffice
 from ..transport import Message, Op
-from ..transport.message import FLAG_AGGREGATE, FLAG_KEYS_CHECKED, task_tag
+from ..transport.message import FLAG_AGGREGATE, FLAG_KEYS_CHECKED, FLAG_POSITIONS, task_tag
+from .keyset import KeySet, KeySubset
+
+Keys = np.ndarray | KeySubset
 
 
 def _chunks(lo: int, hi: int, size: int):
@@ -60,12 +68,14 @@ class _Pending:
     tag: int = 0  # header aux: the task's timestamp + 1 (consistency), 0 for none
     flags: int = 0
     one_off: bool = False  # a flush: its key list is not worth caching
+    subset: KeySubset | None = None  # a request of a registered key set
 
 
 class KVWorker:
     """The worker side of one table."""
 
     _next_ts = 0  # timestamps are unique per process, across tables
+    _next_keyset = 1  # key set ids too (0: none)
 
     def __init__(self, po: Postoffice, table: str, aggregate: bool = False):
         self.po = po
@@ -86,20 +96,60 @@ class KVWorker:
         po.add_stats(("worker", table), self.filters.stats)
         self._next_part = 0
 
+    # ---- key sets ---------------------------------------------------------------
+    def register(self, keys: np.ndarray) -> KeySet:
+        """Register sorted unique ``keys`` with their servers; requests of
+        ``ks.subset(positions)`` then travel as positions, and the servers
+        look nothing up. The servers store the keys (at the handle's initial
+        value): register keys that will be pushed. ``forget`` frees them."""
+        if self.table.store is not None:
+            raise ValueError(f"table {self.table.name!r} has a store of its own: key sets "
+                             "need the default sorted store")
+        ks = KeySet(check_keys(keys), KVWorker._next_keyset, self.table.name)
+        KVWorker._next_keyset += 1
+        self._register(ks)
+        return ks
+
+    def forget(self, ks: KeySet) -> None:
+        """The servers drop their parts of ``ks`` (requests of it may still be
+        in flight: MPI keeps their order, so they are served first)."""
+        for rank in ks.servers:
+            if rank not in self.po.van.dead:
+                self.po.send(rank, Message(op=Op.KEYSET_DROP, table=self.table_id,
+                                           keyset=ks.id), True)
+        ks.ring_version, ks.servers = -1, set()
+
+    def _register(self, ks: KeySet) -> None:
+        """Send each server its part of ``ks`` under the current ring."""
+        ring = self.po.ring
+        offsets = np.zeros(ring.num_ranges, dtype=np.int64)
+        servers = set()
+        for server, segs in sorted(ring.slice_by_server(ks.keys).items()):
+            local = 0
+            for r, a, b in segs:
+                offsets[r] = a - local
+                local += b - a
+            rank = self.po.server_rank(server)
+            self.po.send(rank, Message(op=Op.KEYSET, table=self.table_id, keyset=ks.id,
+                                       flags=FLAG_KEYS_CHECKED,
+                                       keys=[ks.keys[a:b] for _, a, b in segs]), True)
+            servers.add(rank)
+        ks.offsets, ks.servers, ks.ring_version = offsets, servers, ring.version
+
     # ---- requests ------------------------------------------------------------
-    def push(self, keys: np.ndarray, vals: np.ndarray, task: int | None = None) -> int:
+    def push(self, keys: Keys, vals: np.ndarray, task: int | None = None) -> int:
         """Send ``vals`` (n, vdim) for sorted unique ``keys``; returns a timestamp.
         ``task``: the timestamp of the task the push belongs to (``task["ts"]``)."""
         return self._request(Op.PUSH, keys, vals, None, task)
 
-    def pull(self, keys: np.ndarray, out: np.ndarray | None = None,
+    def pull(self, keys: Keys, out: np.ndarray | None = None,
              task: int | None = None) -> int:
         """Ask for the values of ``keys``; ``wait(ts)`` returns them (in ``out``
         if given, shape (n, vdim)). A pull of task t sees every aggregated push
         of the tasks before t."""
         return self._request(Op.PULL, keys, None, out, task)
 
-    def pushpull(self, keys: np.ndarray, vals: np.ndarray,
+    def pushpull(self, keys: Keys, vals: np.ndarray,
                  out: np.ndarray | None = None, task: int | None = None) -> int:
         """Push, then pull the updated values of the same keys, in one round trip."""
         return self._request(Op.PUSHPULL, keys, vals, out, task)
@@ -147,10 +197,20 @@ class KVWorker:
         return len(self._pending)
 
     # ---- internals -------------------------------------------------------------
-    def _request(self, op: int, keys: np.ndarray, vals: np.ndarray | None,
+    def _request(self, op: int, keys: Keys, vals: np.ndarray | None,
                  out: np.ndarray | None, task: int | None,
                  entry_filters: bool = True) -> int:
-        keys = check_keys(keys)
+        subset = None
+        if isinstance(keys, KeySubset):  # checked by KeySet.subset
+            subset, keys = keys, keys.keys
+            ks = subset.keyset
+            if ks.table != self.table.name:
+                raise ValueError(f"key set of table {ks.table!r} used on table "
+                                 f"{self.table.name!r}")
+            if ks.ring_version != self.po.ring.version:
+                self._register(ks)  # first use, or the ring changed since
+        else:
+            keys = check_keys(keys)
         n = keys.size
         if vals is not None:
             vals = np.asarray(vals)
@@ -168,7 +228,7 @@ class KVWorker:
             vals = self.filters.filter_entries(keys, vals)
         ts = KVWorker._next_ts
         KVWorker._next_ts += 1
-        pending = _Pending(op, keys, vals, out, one_off=not entry_filters)
+        pending = _Pending(op, keys, vals, out, one_off=not entry_filters, subset=subset)
         self._tag(pending, task)
         self._pending[ts] = pending
         self._send_parts(ts, pending, [(0, n)])
@@ -182,17 +242,22 @@ class KVWorker:
         a resend, so servers recognise a chunk they already applied)."""
         fc = self.filters
         aggregate = bool(pending.flags & FLAG_AGGREGATE)  # one message per server and task
-        by_dest: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        by_dest: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for lo, hi in spans:
             for a, b, chunk in _chunks(lo, hi, 0 if aggregate else self.chunk_keys):
                 for server, segs in self.po.ring.slice_by_server(pending.keys[a:b]).items():
                     by_dest.setdefault((chunk, server), []).extend(
-                        (a + x, a + y) for _, x, y in segs)
+                        (a + x, a + y, r) for r, x, y in segs)
         if aggregate and not pending.parts:  # first send: every live server counts
             # one message per worker, so empty ones go too
             for server in self.po.ring.live_servers:
                 by_dest.setdefault((0, server), [])
         vals = pending.vals
+        # positions into the servers' parts of a key set registered under
+        # this ring (a resend after a ring change goes by keys)
+        sub = pending.subset
+        by_position = (sub is not None and not aggregate
+                       and sub.keyset.ring_version == self.po.ring.version)
         # batching: a small request while others are in flight may wait for
         # the next ones (the van sends them together when this rank waits)
         defer = len(self._pending) > 1
@@ -201,13 +266,21 @@ class KVWorker:
             rank = self.po.server_rank(server)
             part = self._next_part
             self._next_part += 1
+            if by_position:
+                offsets = sub.keyset.offsets
+                keys = [(sub.positions[a:b] - offsets[r]).view(np.uint64)
+                        for a, b, r in segs]
+                flags, keyset = pending.flags | FLAG_KEYS_CHECKED | FLAG_POSITIONS, \
+                    sub.keyset.id
+            else:
+                keys = [pending.keys[a:b] for a, b, _ in segs]
+                flags, keyset = pending.flags | FLAG_KEYS_CHECKED, 0
             self.po.send(rank, fc.encode(Message(  # filters: keys and values as sent
                 op=pending.op, table=self.table_id, ts=ts, aux2=part, aux=pending.tag,
-                flags=pending.flags | FLAG_KEYS_CHECKED, chunk=chunk,
-                keys=[pending.keys[a:b] for a, b in segs],
-                vals=None if vals is None else [vals[a:b] for a, b in segs],
+                flags=flags, chunk=chunk, keyset=keyset, keys=keys,
+                vals=None if vals is None else [vals[a:b] for a, b, _ in segs],
                 vdim=self.vdim), rank, cache_keys=not pending.one_off), defer)
-            pending.parts[part] = (rank, segs)
+            pending.parts[part] = (rank, [(a, b) for a, b, _ in segs])
             pending.waiting.add(part)
 
     def _tag(self, pending: _Pending, task: int | None) -> None:

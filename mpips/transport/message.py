@@ -36,12 +36,13 @@ HEADER = np.dtype([
     ("vdim", "<i4"), ("vcode", "<i4"),
     ("aux", "<i8"), ("aux2", "<i8"),
     ("chunk", "<i4"), ("split", "<i4"),
+    ("keyset", "<i8"),
     ("nkeys_bytes", "<i8"), ("nvals_bytes", "<i8"), ("nmeta_bytes", "<i8"),
 ])
 assert HEADER.itemsize % ALIGN == 0
 # The same layout for ``struct``: much cheaper to pack than numpy's structured
 # scalars, and a small request's framing is mostly this.
-_HEADER_STRUCT = struct.Struct("<IHHiiiIqiiqqiiqqq")
+_HEADER_STRUCT = struct.Struct("<IHHiiiIqiiqqiiqqqq")
 assert _HEADER_STRUCT.size == HEADER.itemsize
 _SPLIT_OFFSET = HEADER.fields["split"][1]
 _SIZES_OFFSET = HEADER.fields["nkeys_bytes"][1]
@@ -90,12 +91,17 @@ class Op(enum.IntEnum):
     PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
     BUNDLE = 47           # van -> van: several small messages in one (meta: their images)
     APP_REPLY = 48        # the answer to an APP command (meta: id, args)
+    KEYSET = 49           # worker -> server: register a key set (keyset = id, keys: its part)
+    KEYSET_DROP = 50      # worker -> server: forget key set ``keyset``
 
 
 # Bits of the header's ``flags`` of kv requests. (RELEASE puts the barrier
 # group there instead.)
 FLAG_AGGREGATE = 0x100     # sum this push with the other workers' of its task
 FLAG_KEYS_CHECKED = 0x200  # the sender checked the keys: sorted and unique
+# The keys section holds positions into the server's part of key set
+# ``keyset`` (registered by KEYSET), not keys: the server looks nothing up.
+FLAG_POSITIONS = 0x400
 
 
 def task_tag(ts: int | None) -> int:
@@ -126,6 +132,7 @@ class Message:
     aux: int = 0
     aux2: int = 0
     chunk: int = 0  # which chunk of a large request (kv: duplicates and slot caches)
+    keyset: int = 0  # kv: the registered key set a request's positions index (0: none)
     keys: Buffer = None
     vals: Buffer = None
     vdim: int = 0
@@ -177,7 +184,8 @@ def encode(msg: Message) -> list[np.ndarray]:
     nv = sum(v.nbytes for v in vals)
     header = np.frombuffer(_HEADER_STRUCT.pack(
         MAGIC, int(msg.op), msg.flags, msg.table, msg.sender, msg.ring_version, msg.filters,
-        msg.ts, msg.vdim, vcode, msg.aux, msg.aux2, msg.chunk, 0, nk, nv, len(msg.meta)),
+        msg.ts, msg.vdim, vcode, msg.aux, msg.aux2, msg.chunk, 0, msg.keyset, nk, nv,
+        len(msg.meta)),
         dtype=np.uint8)
     parts: list[np.ndarray] = [header]
     for section, size in ((keys, nk), (vals, nv)):
@@ -214,7 +222,7 @@ def encode_bundle(images: list[np.ndarray]) -> np.ndarray:
     body = [p for img in images for p in (img, _PAD[: _pad(img.size)])]
     nbytes = sum(p.size for p in body)
     header = np.frombuffer(_HEADER_STRUCT.pack(
-        MAGIC, int(Op.BUNDLE), 0, 0, 0, 0, 0, 0, 0, 0, len(images), 0, 0, 0, 0, 0, nbytes),
+        MAGIC, int(Op.BUNDLE), 0, 0, 0, 0, 0, 0, 0, 0, len(images), 0, 0, 0, 0, 0, 0, nbytes),
         dtype=np.uint8)
     return np.concatenate([header, *body])
 
@@ -240,7 +248,7 @@ def decode(buf: np.ndarray, source: int) -> Message:
         raise ValueError(f"message of {buf.size} bytes from rank {source} is shorter "
                          "than a header")
     (magic, op, flags, table, _, ring_version, filters, ts, vdim, vcode, aux, aux2, chunk,
-     _, nk, nv, nm) = _HEADER_STRUCT.unpack_from(buf)
+     _, keyset, nk, nv, nm) = _HEADER_STRUCT.unpack_from(buf)
     if magic != MAGIC:
         raise ValueError(f"message from rank {source} has a bad magic number")
     off = HEADER.itemsize
@@ -255,4 +263,4 @@ def decode(buf: np.ndarray, source: int) -> Message:
     meta = buf[off: off + nm].tobytes() if nm else b""
     return Message(op=op, table=table, ts=ts, sender=source, ring_version=ring_version,
                    flags=flags, filters=filters, aux=aux, aux2=aux2, chunk=chunk,
-                   keys=keys, vals=vals, vdim=vdim, meta=meta, nbytes=int(buf.size))
+                   keyset=keyset, keys=keys, vals=vals, vdim=vdim, meta=meta, nbytes=int(buf.size))

@@ -15,6 +15,9 @@ Modes:
           at round 5 without any MPI call (a busy rank is alive).
           MPIPS_TEST_TERM=1: after its kills, worker 0 sends SIGTERM to the
           scheduler, as Open MPI's launcher does after losing a host.
+          MPIPS_TEST_KEYSET=1: every worker registers the key universe as a key
+          set of each table and sends the rounds of odd index as subsets of it
+          (positions), the others as keys: both paths meet on the same stores.
   raise   worker 1 raises after a few requests; the job must end at once.
   flush   one worker pushes small random values task by task through the
           significant filter (threshold far above one push): after every push,
@@ -45,11 +48,16 @@ KEYS_PER_ROUND = 2000
 UNIVERSE = 20000
 
 
-def key_sets(worker: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng([seed, worker])
+def universe_keys() -> np.ndarray:
     universe = np.sort(mix64(np.arange(UNIVERSE, dtype=np.uint64)))
     universe[0], universe[-1] = 0, KEY_MAX  # the ends of the key space take part
     universe.sort()
+    return universe
+
+
+def key_sets(worker: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, worker])
+    universe = universe_keys()
     return [np.sort(rng.choice(universe, KEYS_PER_ROUND, replace=False))
             for _ in range(ROUNDS)]
 
@@ -113,6 +121,16 @@ class CountsJob(App):
         own: dict[int, int] = {}
         pending = []
         plan = kill_plan()
+        universe = universe_keys()
+        sets = None
+        if os.environ.get("MPIPS_TEST_KEYSET"):
+            sets = {kv: kv.register(universe) for kv in (c, rows)}
+
+        def named(kv, i, keys):  # a round's keys as sent: a key list or a subset
+            if sets is None or i % 2 == 0:
+                return keys
+            return sets[kv].subset(np.searchsorted(universe, keys))
+
         for i, keys in enumerate(mine):
             if plan:
                 time.sleep(0.02)  # spread the run over the failure handling
@@ -123,13 +141,14 @@ class CountsJob(App):
                 print(f"worker 1 computed for {os.environ['MPIPS_TEST_BUSY']} s", flush=True)
             ones = np.ones((keys.size, 1), np.float32)
             if i % 3 == 2:
-                got = c.wait(c.pushpull(keys, ones))[:, 0]
+                got = c.wait(c.pushpull(named(c, i, keys), ones))[:, 0]
                 own_now = np.array([own.get(int(k), 0) + 1 for k in keys[:50]])
                 if (got[:50] < own_now).any():
                     raise AssertionError("pushpull returned less than this worker pushed")
             else:
-                pending.append((c, c.push(keys, ones)))
-            pending.append((rows, rows.push(keys, np.tile([1.0, 2.0, -1.0], (keys.size, 1)))))
+                pending.append((c, c.push(named(c, i, keys), ones)))
+            pending.append((rows, rows.push(named(rows, i, keys),
+                                            np.tile([1.0, 2.0, -1.0], (keys.size, 1)))))
             for k in keys[:50].tolist():
                 own[k] = own.get(k, 0) + 1
             if len(pending) > 4:
@@ -165,6 +184,12 @@ class CountsJob(App):
               f"(first {int(keys[0])}, last {int(keys[-1])}); "
               f"{po.van.bundles_sent} bundles sent", flush=True)
         return {"checked": int(keys.size)}
+
+    def on_server_stop(self, po, server):
+        sets = server.keysets
+        print(f"server rank {po.rank}: {sets.requests} requests by key set position, "
+              f"{sets.resolved_keys} keys resolved", flush=True)
+        return {}
 
 
 class QueueJob(App):

@@ -1,0 +1,79 @@
+"""Registered key sets (mpips/kv/keyset.py): positions checked at the door,
+slots resolved once per store change, and the same rows as requests by key."""
+
+import numpy as np
+import pytest
+
+from mpips.handles import Add
+from mpips.kv.keyset import KeySet, KeySetError, ServerKeySets
+from mpips.kv.store import SortedStore
+
+
+def store_of(keys):
+    st = SortedStore(1, np.dtype(np.float32), Add())
+    st.push(keys, np.arange(keys.size, dtype=np.float32).reshape(-1, 1))
+    return st
+
+
+def test_subset_checks_positions_once():
+    ks = KeySet(np.array([3, 5, 9, 20], np.uint64), 1, "w")
+    sub = ks.subset(np.array([0, 2, 3]))
+    assert sub.keys.tolist() == [3, 9, 20] and sub.size == 3
+    for bad in ([2, 1], [1, 1], [-1, 2], [0, 4]):
+        with pytest.raises(ValueError):
+            ks.subset(np.array(bad))
+    with pytest.raises(ValueError, match="integer"):
+        ks.subset(np.array([0.0, 1.0]))
+
+
+def test_translate_gives_the_slots_a_key_lookup_gives():
+    keys = np.sort(np.random.default_rng(1).choice(1 << 40, 5000, replace=False)
+                   .astype(np.uint64))
+    cut = 2000
+    st = store_of(keys[:cut:2])  # half the first range is stored; the rest is new
+    sets = ServerKeySets()
+    # two pieces, as ring.slice gives them: ranges 4 and 7 in one store each
+    stores = {(0, 4): st, (0, 7): store_of(np.empty(0, np.uint64))}
+    sets.register(2, 0, 11, keys, np.array([0, cut, keys.size]), np.array([4, 7]))
+    pos = np.sort(np.random.default_rng(2).choice(keys.size, 700, replace=False))
+    pieces, slots, keys_of = sets.translate(2, 0, 11, pos.view(np.uint64), stores)
+    assert keys_of().tolist() == keys[pos].tolist()
+    a = int(np.searchsorted(pos, cut))
+    assert pieces == [(4, 0, a), (7, a, pos.size)]
+    # the set's keys are stored now (at the handle's initial value) ...
+    assert len(st) == cut and len(stores[(0, 7)]) == keys.size - cut
+    # ... and the slots read what a pull by key reads
+    assert np.array_equal(st.pull_at(slots[:a].copy()), st.pull(keys[pos[:a]]))
+    resolved = sets.resolved_keys
+    sets.translate(2, 0, 11, pos.view(np.uint64), stores)
+    assert sets.resolved_keys == resolved  # nothing changed: no lookup
+    st.push(np.array([1], np.uint64), np.ones((1, 1), np.float32))  # an insert moves slots
+    pieces, slots, _ = sets.translate(2, 0, 11, pos.view(np.uint64), stores)
+    assert sets.resolved_keys == resolved + cut  # only the changed range again
+    assert np.array_equal(st.pull_at(slots[:a].copy()), st.pull(keys[pos[:a]]))
+
+
+def test_update_at_matches_pushpull_by_key():
+    keys = np.arange(10, 1000, 7, dtype=np.uint64)
+    by_key, by_slot = store_of(keys), store_of(keys)
+    sets = ServerKeySets()
+    sets.register(1, 0, 1, keys, np.array([0, keys.size]), np.array([0]))
+    pos = np.array([0, 5, 6, 100, keys.size - 1])
+    push = np.full((pos.size, 1), 2.5, np.float32)
+    _, slots, _ = sets.translate(1, 0, 1, pos.view(np.uint64), {(0, 0): by_slot})
+    got = by_slot.update_at(slots, push, want_rows=True)
+    assert np.array_equal(got, by_key.pushpull(keys[pos], push))
+    assert np.array_equal(by_slot.values, by_key.values)
+
+
+def test_unknown_sets_and_positions_are_refused():
+    sets = ServerKeySets()
+    with pytest.raises(KeySetError, match="no key set 3 of rank 1"):
+        sets.translate(1, 0, 3, np.array([0], np.uint64), {})
+    sets.register(1, 0, 3, np.array([5, 6], np.uint64), np.array([0, 2]), np.array([0]))
+    with pytest.raises(KeySetError, match="outside key set"):
+        sets.translate(1, 0, 3, np.array([2], np.uint64), {})
+    with pytest.raises(KeySetError, match="not owned"):
+        sets.translate(1, 0, 3, np.array([1], np.uint64), {})
+    sets.drop_sender(1)
+    assert len(sets) == 0
