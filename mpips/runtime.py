@@ -109,6 +109,7 @@ def _serve(po: Postoffice, app: App) -> None:
     po.serve_forever(lambda: stopped)
     result: dict[str, Any] = {"keys": server.num_keys, "bytes": server.nbytes,
                               "requests": server.requests,
+                              "requests_by_position": server.keysets.requests,
                               "busy_seconds": round(server.busy_seconds, 6),
                               "serve_seconds": round(time.perf_counter() - serving, 6)}
     result.update(app.on_server_stop(po, server))

@@ -110,23 +110,29 @@ def test_one_and_two_workers_agree(ctr, tmp_path):
 
 def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
     """Later epochs train on the minibatches localised in the first (kept in
-    memory, [linear] cache_bytes): with one worker the model is bit for bit
-    the one read and localised again every epoch."""
+    memory, [linear] cache_bytes), and send them as positions into their
+    partition's registered key set ([linear] key_sets): with one worker the
+    model is bit for bit the one read and localised again every epoch."""
 
-    weights, rounds = [], []
-    for cache in (0, 1 << 30):
+    weights, rounds, by_position = [], [], []
+    for cache, key_sets in ((0, True), (1 << 30, False), (1 << 30, True)):
         out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
                     "data.shuffle=false", "data.epochs=3", f"linear.cache_bytes={cache}",
-                    n=3, name=f"cache{cache}")
+                    f"linear.key_sets={str(key_sets).lower()}",
+                    n=3, name=f"cache{cache}-{key_sets}")
         with h5py.File(out / "model.h5") as h5:
             weights.append((h5["keys"][:], h5["weights"][:]))
         # the test share is kept too: every round scores the same rows alike
         rounds.append(sorted((m["epoch"], m["rows"], m["auc"], m["logloss"])
                              for m in metrics(out) if m["split"] == "test"))
-    (k0, w0), (k1, w1) = weights
-    assert np.array_equal(k0, k1) and np.array_equal(w0, w1)
+        by_position.append(metrics(out)[-1]["server_requests_by_position"])
+    (k0, w0) = weights[0]
+    for k, w in weights[1:]:
+        assert np.array_equal(k0, k) and np.array_equal(w0, w)
     assert np.abs(w0).sum() > 0
-    assert rounds[0] == rounds[1] and len(rounds[0]) == 3, rounds
+    assert rounds[0] == rounds[1] == rounds[2] and len(rounds[0]) == 3, rounds
+    # epochs 2 and 3 went by position: a pull and a push per minibatch
+    assert by_position[:2] == [0, 0] and by_position[2] > 0, by_position
 
 
 def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):

@@ -63,20 +63,29 @@ class KeySet:
     def registered(self) -> bool:
         return self.ring_version >= 0
 
-    def subset(self, positions: np.ndarray) -> KeySubset:
+    def subset(self, positions: np.ndarray, keys: np.ndarray | None = None) -> KeySubset:
         """The keys at sorted unique ``positions`` (integers in [0, len)),
-        for a push, pull or pushpull. Checked here, once."""
+        for a push, pull or pushpull. Checked here, once. ``keys``: the
+        caller's own array of those keys (checked equal), kept instead of a
+        new one."""
         pos = np.asarray(positions)
         if pos.ndim != 1 or pos.dtype.kind not in "iu":
             raise ValueError(f"key set positions must be a 1-d integer array, got "
                              f"{pos.dtype} of shape {pos.shape}")
-        pos = pos.astype(np.int64, copy=False)
+        if pos.dtype not in (np.int32, np.int64):  # int32 keeps half the bytes
+            pos = pos.astype(np.int64)
         if pos.size and (pos[0] < 0 or pos[-1] >= self.keys.size):
             raise ValueError(f"key set positions must lie in [0, {self.keys.size}), got "
                              f"[{int(pos[0])}, {int(pos[-1])}]")
         if not strictly_increasing(pos):
             raise ValueError("key set positions must be sorted and unique")
-        return KeySubset(self, pos, self.keys[pos])
+        at = self.keys[pos]
+        if keys is not None:
+            if not np.array_equal(at, keys):
+                raise ValueError("keys given with key set positions are not the set's "
+                                 "keys at those positions")
+            at = keys
+        return KeySubset(self, pos, at)
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ class KVWorker:
             if by_position:
                 offsets = sub.keyset.offsets
                 keys = [(sub.positions[a:b] - offsets[r]).view(np.uint64)
-                        for a, b, r in segs]
+                        for a, b, r in segs]  # int64 (offsets are)
                 flags, keyset = pending.flags | FLAG_KEYS_CHECKED | FLAG_POSITIONS, \
                     sub.keyset.id
             else:

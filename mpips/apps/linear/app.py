@@ -62,6 +62,10 @@ section("linear", {
                           "labels) a worker keeps to train on again in later epochs "
                           "instead of reading and localising them again; 0: none",
                           non_negative),
+    "key_sets": Option(bool, True, "when at least two passes over a cached partition are "
+                       "left, register its key set with the servers and send its minibatches "
+                       "as positions into it, so that the servers look nothing up (they keep "
+                       "12 bytes per key of each such partition)"),
     "max_inflight": Option(int, 2, "requests a worker keeps outstanding (pull ahead needs "
                            ">= 2)", positive),
     "report_interval": Option(float, 1.0, "seconds between worker progress reports",
@@ -393,7 +397,10 @@ def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> 
             "first_push_s": max(first) if first else None,
             "server_busy_s": sum(s.get("busy_seconds", 0.0) for s in servers),
             "server_serve_s": sum(s.get("serve_seconds", 0.0) for s in servers),
-            "servers_timed": sum("busy_seconds" in s for s in servers)}
+            "servers_timed": sum("busy_seconds" in s for s in servers),
+            "server_requests": sum(s.get("requests", 0) for s in servers),
+            "server_requests_by_position": sum(s.get("requests_by_position", 0)
+                                               for s in servers)}
 
 
 def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:
@@ -415,6 +422,9 @@ def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:
         tail.append(f"servers busy {busy:.2f} s of {serve:.2f} s serving "
                     f"({100 * busy / max(serve, 1e-9):.0f}%, {spent['servers_timed']} "
                     "server(s))")
+        if spent.get("server_requests"):
+            tail.append(f"{spent['server_requests_by_position']} of "
+                        f"{spent['server_requests']} requests by key set position")
     if tail:
         lines.append("  " + "; ".join(tail))
     return "\n".join(lines)

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from ...data import localise
 from ...data.reader import Minibatch, PartitionReader
 from ...keys import hash_feature
+from ...kv.keyset import KeySubset
 
 MODEL_FORMAT = "mpips-linear-model"
 # The key of the intercept: a fixed key no data set uses by accident (a
@@ -86,6 +87,9 @@ class Batch:
     X: sp.csr_matrix
     y: np.ndarray
     bias: int = -1
+    # the keys as positions into their partition's registered key set (set
+    # once the partition is cached): what requests send in later epochs
+    by_position: KeySubset | None = None
 
     @property
     def rows(self) -> int:
@@ -124,10 +128,11 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
 
 
 def batch_bytes(batch: Batch) -> int:
-    """Memory a localised minibatch holds."""
+    """Memory a localised minibatch holds (with the positions of its keys
+    in its partition's key set, which come later: 4 bytes a key)."""
     X = batch.X
     return int(batch.keys.nbytes + batch.y.nbytes + X.data.nbytes + X.indices.nbytes
-               + X.indptr.nbytes)
+               + X.indptr.nbytes + 4 * batch.keys.size)
 
 
 class BatchCache:

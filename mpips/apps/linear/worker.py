@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...data import localise
+from ...kv.keyset import KeySet
 from ...kv.worker import KVWorker
 from ...postoffice import WORKERS, Postoffice
 from .evaluation import Evaluator
@@ -43,6 +45,12 @@ def launched_at() -> float | None:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def _keys(batch: Batch):
+    """What a request of ``batch`` names: positions into its partition's
+    key set once it has one, else its keys."""
+    return batch.keys if batch.by_position is None else batch.by_position
 
 
 class PhaseClock:
@@ -86,6 +94,7 @@ class LinearWorker:
         # and the test share ("test"), within [linear] cache_bytes
         self.cache = BatchCache(self.lc.cache_bytes)
         self.verified: set[str] = set()  # partitions checked against their SHA-256
+        self.key_sets: dict[str, KeySet] = {}  # cached partition path -> its key set
         self.synthetic = None
         if self.lc.data == "synthetic":
             self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
@@ -148,6 +157,12 @@ class LinearWorker:
         while task is not None:
             path = task["path"]
             cached = self.cache.get(path)
+            # registering costs about one localisation of the partition's keys
+            # and saves the servers a search per key of every later request:
+            # worth it from two passes on (measured in docs/performance.md)
+            if cached is not None and self.lc.key_sets and \
+                    self.app.epochs - task["epoch"] >= 2:
+                self._by_position(path, cached)
             yield task["epoch"], iter(cached) if cached is not None else self._read(path)
             t = time.perf_counter()
             self._drain()  # a task is done when its pushes are acknowledged
@@ -170,6 +185,23 @@ class LinearWorker:
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         yield from self.cache.fill(path, self._localised(read_minibatches(
             [path], mb_rows, chunk, [info])), want=self.app.epochs > 1)
+
+    def _by_position(self, path: str, batches: list[Batch]) -> None:
+        """Register the key set of a cached partition (the union of its
+        minibatches' keys), once: its minibatches then travel as positions
+        into it and the servers look nothing up. One localisation of all the
+        keys gives the union and every minibatch's positions in it."""
+        if path in self.key_sets:
+            return
+        t = time.perf_counter()
+        union, columns = localise(np.concatenate([b.keys for b in batches]))
+        ks = self.key_sets[path] = self.kv.register(union)
+        at = 0
+        for b in batches:
+            n = b.keys.size
+            b.by_position = ks.subset(columns[at: at + n], keys=b.keys)
+            at += n
+        self.clock.seconds["localise"] += time.perf_counter() - t
 
     def _localised(self, minibatches: Iterator[Any]) -> Iterator[Batch]:
         seconds = self.clock.seconds
@@ -195,7 +227,7 @@ class LinearWorker:
         t0 = clock()
         nxt = next(batches, None)
         t1 = clock()
-        ahead = kv.pull(nxt.keys) if nxt is not None else None
+        ahead = kv.pull(_keys(nxt)) if nxt is not None else None
         seconds["read"] += t1 - t0
         seconds["issue"] += clock() - t1
         while nxt is not None:
@@ -212,7 +244,7 @@ class LinearWorker:
             if nxt is not None:
                 self._bound(1)
                 t2 = clock()
-                ahead = kv.pull(nxt.keys)
+                ahead = kv.pull(_keys(nxt))
                 seconds["issue"] += clock() - t2
             t0 = clock()
             mask = None
@@ -226,7 +258,7 @@ class LinearWorker:
             seconds["gradient"] += clock() - t0
             self._bound(1 + (nxt is not None))
             t0 = clock()
-            self.inflight.append(kv.push(cur.keys, grad))
+            self.inflight.append(kv.push(_keys(cur), grad))
             seconds["issue"] += clock() - t0
             self.clock.pushed()
             c["examples"] += cur.rows
