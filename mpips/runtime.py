@@ -98,15 +98,15 @@ def _serve(po: Postoffice, app: App) -> None:
     if po.cfg.checkpoint.resume:
         po.wait_until(lambda: server.resumed, lambda: "RESUME from the scheduler (rank 0)")
     po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
-    stopped = False
+    stops = 0
 
     def stop(msg: Message) -> None:
-        nonlocal stopped
-        stopped = True
+        nonlocal stops
+        stops += 1
 
     po.on(Op.STOP, stop)
     serving = time.perf_counter()
-    po.serve_forever(lambda: stopped)
+    po.serve_forever(lambda: stops > 0)
     result: dict[str, Any] = {"keys": server.num_keys, "bytes": server.nbytes,
                               "requests": server.requests,
                               "requests_by_position": server.keysets.requests,
@@ -114,6 +114,10 @@ def _serve(po: Postoffice, app: App) -> None:
                               "serve_seconds": round(time.perf_counter() - serving, 6)}
     result.update(app.on_server_stop(po, server))
     po.send(po.layout.scheduler, Message(op=Op.STOPPED, meta=Message.jmeta(result)))
+    # Serve on until the job's end (a second STOP): a server that dies now
+    # leaves ranges to their new owners, which the app may still ask for
+    # (the linear app saves them into the model).
+    po.serve_forever(lambda: stops > 1)
 
 
 def _work(po: Postoffice, app: App) -> None:

@@ -213,3 +213,29 @@ def test_lr_survives_a_server_and_a_worker_killed_mid_epoch(news20, tmp_path):
     print(f"news20 test AUC: no failure {base:.4f}, server killed {server_auc:.4f}, "
           f"worker killed {worker_auc:.4f}")
     assert abs(server_auc - base) <= 0.005 and abs(worker_auc - base) <= 0.005
+
+
+def test_a_server_lost_as_the_job_ends_leaves_a_whole_model(tmp_path):
+    """A server dies after the workers are done, before it saves its share
+    of the model: the new owners of its ranges (which held replicas) save
+    them, and model.h5 is the one a job without the loss writes (one
+    worker: the same updates in the same order)."""
+    import h5py
+    import numpy as np
+    models = []
+    for kill in ("", "2"):
+        out = tmp_path / f"kill{kill or 'none'}"
+        proc = run_mpi(5, "python", "tests/progs/linear_job.py", "jobs/demo.toml",
+                       "layout.servers=3", "layout.replication=1", "linear.epochs=1",
+                       f"job.output={out}", "transport.timeout=30", ft=True, timeout=120,
+                       env={"MPIPS_TEST_DIE_AT_STOP": kill})
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0, text[-4000:]
+        if kill:
+            assert "server rank 2 dies at the job's end" in text
+            assert "saved by their new owner" in text and "survived the loss" in text, text
+        with h5py.File(out / "model.h5") as h5:
+            models.append((h5["keys"][:], h5["weights"][:]))
+        assert not list(out.glob(".model.shard-*")), "shards left behind"
+    (k0, w0), (k1, w1) = models
+    assert k0.size > 1000 and np.array_equal(k0, k1) and np.array_equal(w0, w1)

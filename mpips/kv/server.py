@@ -147,9 +147,11 @@ class KVServer:
         """This server's primary stores of ``table``, in key order."""
         return [store for _, store in self.ranges(table)]
 
-    def items(self, table: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """All (keys, values, state) of ``table`` this server owns, by key."""
-        stores = [s for s in self.stores(table) if len(s)]
+    def items(self, table: str, ranges: set[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """All (keys, values, state) of ``table`` this server owns (of
+        ``ranges`` only, if given), by key."""
+        stores = [s for r, s in self.ranges(table) if len(s) and (ranges is None or r in ranges)]
         t = self.tables[self.po.table_ids[table]]
         if not stores:
             return (np.empty(0, np.uint64), np.empty((0, t.vdim), t.np_dtype),

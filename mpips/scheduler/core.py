@@ -107,8 +107,8 @@ class Scheduler:
         self.tasks.write_log()  # before finish: an app may fold consistency.json in
         self.app.finish(po, [self.done[r] for r in self.live(layout.workers)],
                         [self.stopped[r] for r in self.live(layout.servers)], elapsed)
-        for rank in self.live(layout.workers):
-            po.send(rank, Message(op=Op.STOP))
+        for rank in self.live(layout.workers + layout.servers):
+            po.send(rank, Message(op=Op.STOP))  # servers: the second, the job's end
         self.write_events()
         lost = sorted(po.van.dead)
         write_status(po.cfg.job.output, "done", seconds=round(elapsed, 3), lost=lost)

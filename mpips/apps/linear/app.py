@@ -17,7 +17,7 @@ from ...data.manifest import Manifest, ManifestError
 from ...data.queue import PartitionQueue
 from ...data.reader import PartitionReader
 from ...handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
-from ...postoffice import Postoffice
+from ...postoffice import Command, Postoffice
 from ..progress import Deltas
 from .model import (
     LOSSES,
@@ -114,6 +114,9 @@ def value_scale(manifest: Manifest | None, sample_rows: int = 20_000) -> float:
     return mean if mean > 0 else 1.0
 
 
+SAVE_RANGES = "linear.save_ranges"  # command: a server saves the ranges named
+
+
 class LinearApp(App):
     name = "linear"
 
@@ -175,6 +178,11 @@ class LinearApp(App):
 
     # ---- server ------------------------------------------------------------------
     def on_server_start(self, po: Postoffice, server: Any) -> None:
+        if self.lc.save_model:
+            # ranges a server took over while the job ended (its shard went
+            # out before): the scheduler asks their new owner for them
+            po.on_command(SAVE_RANGES, lambda c: Command(SAVE_RANGES, self._save_shard(
+                po, server, set(c.args["ranges"]), "-late")))
         if self.lc.init_model:
             model = self._init_model()
             loaded = server.load("w", model.keys, model.weights.astype(np.float32),
@@ -209,16 +217,23 @@ class LinearApp(App):
         order, a slice at a time."""
         if not self.lc.save_model:
             return {}
-        keys, values, state = server.items("w")
+        return self._save_shard(po, server, None, "")
+
+    def _save_shard(self, po: Postoffice, server: Any, ranges: set[int] | None,
+                    tag: str) -> dict[str, Any]:
+        """Write the ranges this server owns (those of ``ranges`` only, if
+        given) to a shard file; say where each range lies in it."""
+        keys, values, state = server.items("w", ranges)
         out = Path(self.cfg.job.output)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f".model.shard-{po.rank}.h5"
+        path = out / f".model.shard-{po.rank}{tag}.h5"
         write_model(path, keys, values.astype(np.float64),
                     state if self.lc.save_state else None)
         pieces, start = [], 0
         for r, store in server.ranges("w"):
-            pieces.append([int(r), start, len(store)])
-            start += len(store)
+            if ranges is None or r in ranges:
+                pieces.append([int(r), start, len(store)])
+                start += len(store)
         return {"model_shard": str(path), "model_ranges": pieces}
 
     # ---- scheduler ----------------------------------------------------------------
@@ -306,8 +321,7 @@ class LinearApp(App):
                 final["planted"] = self._planted_reference()
         shards = [s for s in servers if s.get("model_shard")]
         model_path = Path(self.cfg.job.output) / "model.h5"
-        model_keys = self._merge_model(shards, model_path, examples, po.ring.num_ranges) \
-            if shards else 0
+        model_keys = self._merge_model(po, shards, model_path, examples) if shards else 0
         if final:
             final["model_keys"] = model_keys
             self._write_metrics(_test_record(final))
@@ -335,12 +349,16 @@ class LinearApp(App):
               f"{model_keys} weights" + (f" in {model_path}" if shards else "")
               + f"; metrics in {out}/metrics.jsonl", flush=True)
 
-    def _merge_model(self, shards: list[dict[str, Any]], path: Path, examples: int,
-                     num_ranges: int) -> int:
+    def _merge_model(self, po: Postoffice, shards: list[dict[str, Any]], path: Path,
+                     examples: int) -> int:
         """model.h5 from the servers' shards: each range copied from the
         shard that owned it, in range (= key) order, a slice at a time, so
         the scheduler never holds the model. Every range of the ring must
-        be in some shard: a model with a range missing is never written."""
+        be in some shard: the ranges of a server that died as the job ended
+        are asked of their new owners, and a model with a range still
+        missing is never written."""
+        num_ranges = po.ring.num_ranges
+        shards = shards + self._save_late(po, missing_ranges(shards, num_ranges))
         try:
             pieces = model_pieces(shards, num_ranges)
         except RuntimeError:
@@ -358,12 +376,35 @@ class LinearApp(App):
             os.remove(shard["model_shard"])
         return sum(count for _, _, count in pieces)
 
+    def _save_late(self, po: Postoffice, missing: list[int]) -> list[dict[str, Any]]:
+        """Shards of ``missing`` ranges from their owners under the current
+        ring (their server died after the others had saved their shards,
+        and a replica took them over): one per owner that is alive."""
+        owners: dict[int, list[int]] = {}
+        for r in missing:
+            rank = po.server_rank(int(po.ring.owners[r]))
+            if rank not in po.van.dead:
+                owners.setdefault(rank, []).append(r)
+        shards = []
+        for rank, ranges in sorted(owners.items()):
+            answer = po.ask([rank], Command(SAVE_RANGES, {"ranges": ranges}))[0]
+            shards.append(answer.args)
+            print(f"mpips: {len(ranges)} range(s) of a server lost as the job ended saved "
+                  f"by their new owner, rank {rank} ({po.layout.describe(rank)})", flush=True)
+        return shards
+
     def _planted_reference(self) -> dict[str, float]:
         """Test metrics of the planted model itself: the best a model can do."""
         data = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz, self.cfg.job.seed)
         rows, margin = data.rows(self.lc.synthetic_test_rows, 0)
         m = metrics_of(margin, rows.labels.astype(np.float64), "logistic")
         return {"logloss": m["logloss"], "accuracy": m["accuracy"], "auc": m["auc"]}
+
+
+def missing_ranges(shards: list[dict[str, Any]], num_ranges: int) -> list[int]:
+    """The ranges of the ring that no shard holds."""
+    held = {int(r) for shard in shards for r, _, _ in shard["model_ranges"]}
+    return sorted(set(range(num_ranges)) - held)
 
 
 def model_pieces(shards: list[dict[str, Any]], num_ranges: int) -> list[tuple[str, int, int]]:
