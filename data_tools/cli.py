@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from data_tools.convert import OutputSpec
 from data_tools.errors import DataError
 from data_tools.formats import FORMATS, ConvertOptions
-from data_tools.sources import DEFAULT_CHUNK_BYTES
+from data_tools.sources import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_LINE_BYTES
 
 EXAMPLES = """examples:
   python -m data_tools convert ../shared/data/news20.binary.train.libsvm.gz -o data/news20
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip up to N malformed lines (reported) instead of failing")
     conv.add_argument("--chunk-bytes", type=_size, default=DEFAULT_CHUNK_BYTES,
                       help="text read per parsing step (default 1M)")
+    conv.add_argument("--max-line-bytes", type=_size, default=DEFAULT_MAX_LINE_BYTES,
+                      help="longest input line accepted (default 16M; parsing a line "
+                      "takes about 35 times its size in memory)")
     conv.add_argument("--label", dest="label_column", help="csv/parquet: the label column")
     conv.add_argument("--numeric", type=_columns, default=[], help="csv/parquet: a,b,c")
     conv.add_argument("--categorical", type=_columns, default=[], help="csv/parquet: a,b,c")
@@ -129,7 +132,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     options = ConvertOptions(
         labels=args.labels, keep_ids=args.keep_ids, salt=args.salt, skip_bad=args.skip_bad,
-        chunk_bytes=args.chunk_bytes, label_column=args.label_column, numeric=args.numeric,
+        chunk_bytes=args.chunk_bytes, max_line_bytes=args.max_line_bytes,
+        label_column=args.label_column, numeric=args.numeric,
         categorical=args.categorical, criteo_ints=args.criteo_ints,
         criteo_cats=args.criteo_cats, delimiter=args.delimiter)
     comm = Comm()

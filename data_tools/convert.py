@@ -10,6 +10,7 @@ on the number of ranks.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass, replace
@@ -45,16 +46,46 @@ def partition_file(name: str) -> bool:
     return name.startswith(("part-", ".part-")) and name.endswith((".h5", ".h5.tmp"))
 
 
-def prepare_output(spec: OutputSpec) -> None:
-    """Create the folder; refuse to mix with an earlier data set unless told."""
+# Where --overwrite converts, inside the output folder: the old data set
+# stays whole until the new one is complete, and is then swapped for it.
+STAGING = ".convert-staging"
+
+
+def prepare_output(spec: OutputSpec) -> Path:
+    """Create the folder; refuse to mix with an earlier data set unless told.
+    Returns the folder to convert into: the output folder, or with
+    ``overwrite`` over a data set, a staging folder inside it (see
+    :func:`swap_in`). What an interrupted convert left (partial partitions,
+    a staging folder) is removed."""
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder / STAGING, ignore_errors=True)
+    for path in folder.iterdir():
+        if path.name.startswith(".part-") and path.name.endswith(".tmp"):
+            path.unlink()
     old = [p for p in folder.iterdir() if p.name == MANIFEST or partition_file(p.name)]
     if old and not spec.overwrite:
         raise DataError(f"{folder}: already holds a data set ({old[0].name}); "
                         "use --overwrite or another folder")
-    for path in old:
-        path.unlink()
+    if not old:
+        return folder
+    (folder / STAGING).mkdir()
+    return folder / STAGING
+
+
+def swap_in(folder: Path, staging: Path) -> None:
+    """Replace the data set in ``folder`` by the complete one in ``staging``:
+    the old manifest goes first (no reader then takes the old set for whole),
+    then its partitions; the new partitions move in, the manifest last."""
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for path in folder.iterdir():
+        if path.is_file() and partition_file(path.name):
+            path.unlink()
+    for path in sorted(staging.iterdir()):
+        if path.name != MANIFEST:
+            path.replace(folder / path.name)
+    (staging / MANIFEST).replace(folder / MANIFEST)
+    staging.rmdir()
 
 
 def _run_rank(comm: Comm, files: list[str], fmt_name: str, options: ConvertOptions,
@@ -104,18 +135,38 @@ def convert(inputs: list[str], fmt_name: str, options: ConvertOptions, spec: Out
             files = find_inputs(inputs)
             if not files:
                 raise DataError(f"no input files under {' '.join(inputs)}")
-            prepare_output(spec)
-            setup = {"files": files, "error": None}
+            into = prepare_output(spec)
+            setup = {"files": files, "error": None, "into": str(into)}
         except (DataError, OSError) as e:
             setup = {"files": [], "error": str(e)}
     setup = comm.bcast_json(setup)
     if setup["error"]:
         raise DataError(setup["error"])
     files = setup["files"]
-    result = _run_rank(comm, files, fmt_name, options, spec)
+    into = replace(spec, folder=setup["into"])
+    staged = Path(into.folder) != Path(spec.folder)  # --overwrite over a data set
+    result = _run_rank(comm, files, fmt_name, options, into)
     meta = {"created_by": "data_tools convert", "input_format": fmt_name,
             "labels": options.labels, "hashing": result["hashing"], "inputs": files}
-    return finish_dataset(comm, spec, result, meta, options.skip_bad)
+    try:
+        manifest = finish_dataset(comm, into, result, meta, options.skip_bad)
+    except DataError:
+        if staged and comm.rank == 0:  # the old data set stays as it was
+            shutil.rmtree(into.folder, ignore_errors=True)
+        raise
+    if staged:
+        outcome = None
+        if comm.rank == 0:
+            try:
+                swap_in(Path(spec.folder), Path(into.folder))
+                outcome = {"error": None}
+            except OSError as e:
+                outcome = {"error": f"{spec.folder}: cannot move the new data set in "
+                                    f"from {into.folder}: {e}"}
+        outcome = comm.bcast_json(outcome)
+        if outcome["error"]:
+            raise DataError(outcome["error"])
+    return manifest
 
 
 def _convert_to_store(inputs: list[str], fmt_name: str, options: ConvertOptions,

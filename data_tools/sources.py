@@ -22,6 +22,9 @@ from data_tools.errors import DataError
 from mpips.data import storage
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of text: the vectorised parser is fastest in cache
+# The longest line read: a line is parsed whole, and parsing takes about 35
+# times its size in memory. 16 MiB holds a row of over a million features.
+DEFAULT_MAX_LINE_BYTES = 1 << 24
 
 
 def is_data_name(name: str) -> bool:
@@ -100,14 +103,17 @@ class TextChunk:
     source: str
 
 
-def read_chunks(path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[TextChunk]:
+def read_chunks(path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[TextChunk]:
     """Stream a text file as chunks of complete lines (about ``chunk_bytes`` each).
 
-    Memory stays at a few chunks whatever the file size. A truncated or corrupt
-    compressed file raises :class:`DataError` naming the file.
+    Memory stays at a few chunks whatever the file size: a line longer than
+    ``max_line_bytes`` raises :class:`DataError` naming file and line (before
+    it is read whole), and so does a truncated or corrupt compressed file.
     """
     line = 1
-    carry = b""
+    carry: list[bytes] = []  # the start of a line longer than the blocks read so far
+    carried = 0
     with open_binary(path) as stream:
         while True:
             try:
@@ -117,14 +123,20 @@ def read_chunks(path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[T
                                 f"(truncated or corrupt file?): {e}") from None
             if not block:
                 break
-            if carry:
-                block = carry + block
             cut = block.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than the chunk: keep reading
-                carry = block
+            if cut == 0:  # no line ends in this block: keep its bytes, read on
+                carry.append(block)
+                carried += len(block)
+                if carried > max_line_bytes:
+                    raise DataError(f"{path}:{line}: line longer than {max_line_bytes} bytes "
+                                    "(--max-line-bytes)")
                 continue
-            data, carry = block[:cut], block[cut:]
+            if carried + block.find(b"\n") > max_line_bytes:
+                raise DataError(f"{path}:{line}: line longer than {max_line_bytes} bytes "
+                                "(--max-line-bytes)")
+            data = b"".join([*carry, block[:cut]]) if carry else block[:cut]
+            carry, carried = [block[cut:]], len(block) - cut
             yield TextChunk(data, line, path)
             line += data.count(b"\n")
-    if carry:
-        yield TextChunk(carry + b"\n", line, path)
+    if carried:
+        yield TextChunk(b"".join(carry) + b"\n", line, path)

@@ -21,7 +21,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from data_tools.errors import BadLine, DataError
-from data_tools.sources import DEFAULT_CHUNK_BYTES, TextChunk, read_chunks
+from data_tools.sources import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    TextChunk,
+    read_chunks,
+)
 from mpips.data.writer import Block  # the rows formats yield, as the writer takes them
 
 FORMATS: dict[str, type[InputFormat]] = {}
@@ -41,6 +46,7 @@ class ConvertOptions:
     salt: int = 0  # namespace salt for libsvm ids
     skip_bad: int = 0  # bad lines that may be skipped (per rank; the total is checked)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     label_column: str | None = None
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
@@ -87,7 +93,7 @@ class InputFormat:
 
     def check_labels(self, labels: np.ndarray) -> np.ndarray | None:
         """Labels as stored (0/1 for binary), or None if one is not allowed."""
-        if not np.isfinite(labels).all():
+        if not np.isfinite(labels).all() or (np.abs(labels) > FLOAT32_MAX).any():
             return None
         if self.options.labels == "real":
             return labels.astype(np.float32)
@@ -98,9 +104,22 @@ class InputFormat:
     def label_problem(self, label: float) -> str | None:
         if not np.isfinite(label):
             return f"label {label} is not a finite number"
+        if abs(label) > FLOAT32_MAX:
+            return (f"label {label:g} is outside float32's range (+-{FLOAT32_MAX:.4g}), in "
+                    "which data sets store numbers")
         if self.options.labels == "binary" and label not in (-1.0, 0.0, 1.0):
             return f"label {label:g} not allowed (binary labels are -1/+1 or 0/1)"
         return None
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fits_float32(block: Block) -> bool:
+    """Whether a parsed block's numbers survived the float32 cast (finite
+    input numbers past its range become infinite)."""
+    return bool(np.isfinite(block.labels).all() and
+                (block.values is None or np.isfinite(block.values).all()))
 
 
 class LineError(ValueError):
@@ -111,13 +130,15 @@ class TextFormat(InputFormat):
     """A line-oriented text format, parsed a chunk at a time."""
 
     def blocks(self, path: str) -> Iterator[Block]:
-        for chunk in read_chunks(path, self.options.chunk_bytes):
+        for chunk in read_chunks(path, self.options.chunk_bytes, self.options.max_line_bytes):
             block = self.parse_chunk(chunk)
             if block is not None and block.rows:
                 yield block
 
     def parse_chunk(self, chunk: TextChunk) -> Block | None:
         block = self.parse_fast(chunk)
+        if block is not None and not _fits_float32(block):
+            block = None  # a number past float32's range: the line parser names it
         return block if block is not None else self.parse_slow(chunk)
 
     def parse_fast(self, chunk: TextChunk) -> Block | None:
@@ -140,6 +161,13 @@ class TextFormat(InputFormat):
             if parsed is None:
                 continue
             label, k, v = parsed
+            big = np.flatnonzero(np.abs(v) > FLOAT32_MAX)
+            if big.size:
+                self.budget.skip(BadLine(chunk.source, chunk.first_line + offset,
+                                         f"value {v[big[0]]:g} is outside float32's range "
+                                         f"(+-{FLOAT32_MAX:.4g}), in which data sets store "
+                                         "numbers"))
+                continue
             labels.append(label)
             keys.append(k)
             values.append(v)

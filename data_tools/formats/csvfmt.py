@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.errors import BadLine, DataError
-from data_tools.formats.base import Block, ConvertOptions, InputFormat, register
+from data_tools.formats.base import FLOAT32_MAX, Block, ConvertOptions, InputFormat, register
 from data_tools.sources import read_chunks
 from mpips.keys import fnv1a64, fnv1a64_text, hash_feature
 
@@ -76,7 +76,7 @@ class CSV(InputFormat):
         columns: list[int] | None = None
         width = 0
         arrow = _arrow_csv()
-        for chunk in read_chunks(path, opts.chunk_bytes):
+        for chunk in read_chunks(path, opts.chunk_bytes, opts.max_line_bytes):
             data, first = chunk.data, chunk.first_line
             if columns is None:
                 cut = data.index(b"\n") + 1
@@ -130,8 +130,9 @@ class CSV(InputFormat):
             column = table.column(col)
             written_nan = arrow.pc.fill_null(arrow.pc.is_nan(column), False).to_numpy()
             values = column.to_numpy(zero_copy_only=False).astype(np.float64)  # null: NaN
-            if written_nan.any() or np.isinf(values).any():
-                return LINES  # not finite: the line parser names the line
+            if written_nan.any() or not (np.abs(values[~np.isnan(values)])
+                                         <= FLOAT32_MAX).all():
+                return LINES  # not finite or past float32: the line parser names the line
             numeric[name] = values
         categorical = {}
         for name, col in zip(opts.categorical, wanted[1 + len(opts.numeric):], strict=True):
@@ -201,6 +202,9 @@ class CSV(InputFormat):
                 return f"column {name} = {raw!r} is not a number"
             if not np.isfinite(value):
                 return f"column {name} = {raw!r} is not finite"
+            if abs(value) > FLOAT32_MAX:
+                return (f"column {name} = {raw!r} is outside float32's range "
+                        f"(+-{FLOAT32_MAX:.4g}), in which data sets store numbers")
         return None
 
 

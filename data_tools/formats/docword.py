@@ -82,7 +82,8 @@ class UciDocword(InputFormat):
         next_doc = 1  # the first document id not yet written
         carry = np.zeros((0, 3), np.int64)  # lines of the last, maybe unfinished, document
         carry_line = 0
-        for chunk in read_chunks(path, self.options.chunk_bytes):
+        for chunk in read_chunks(path, self.options.chunk_bytes,
+                                 self.options.max_line_bytes):
             data, first_line = chunk.data, chunk.first_line
             while len(header) < HEADER_LINES and data:
                 line, _, data = data.partition(b"\n")
@@ -217,7 +218,8 @@ class Tokens(InputFormat):
                 "(mpips.keys); values are counts"}
 
     def blocks(self, path: str) -> Iterator[Block]:
-        for chunk in read_chunks(path, self.options.chunk_bytes):
+        for chunk in read_chunks(path, self.options.chunk_bytes,
+                                 self.options.max_line_bytes):
             block = self._parse(chunk)
             if block.rows:
                 yield block

@@ -90,7 +90,8 @@ class LibSVM(TextFormat):
         row_of_id = np.cumsum(is_label)[id_at] - 1
         indptr = np.zeros(labels.size + 1, np.int64)
         np.cumsum(np.bincount(row_of_id, minlength=labels.size), out=indptr[1:])
-        values32 = values.astype(np.float32)
+        with np.errstate(over="ignore"):  # past float32: parse_chunk sends it to parse_line
+            values32 = values.astype(np.float32)
         return Block(labels, indptr, self.keys(ids),
                      None if (values32 == 1).all() else values32)
 

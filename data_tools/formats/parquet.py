@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.errors import DataError
-from data_tools.formats.base import Block, InputFormat, register
+from data_tools.formats.base import FLOAT32_MAX, Block, InputFormat, register
 from data_tools.formats.csvfmt import column_hashing, columns_block
 
 
@@ -56,6 +56,12 @@ class Parquet(InputFormat):
             raise DataError(f"{path}: row {first_row + int(bad[0])}: label missing or not "
                             "finite")
         numeric = {c: _floats(batch.column(c)) for c in opts.numeric}
+        for c, values in [("label", labels), *numeric.items()]:
+            big = np.flatnonzero(np.abs(values) > FLOAT32_MAX)  # NaN (missing) is not
+            if big.size:
+                raise DataError(f"{path}: row {first_row + int(big[0])}: {c} = "
+                                f"{values[big[0]]:g} is outside float32's range "
+                                f"(+-{FLOAT32_MAX:.4g}), in which data sets store numbers")
         categorical = {}
         for c in opts.categorical:
             col = batch.column(c)
