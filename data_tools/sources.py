@@ -91,6 +91,12 @@ def open_binary(path: str) -> BinaryIO:
         return _Decompressed(gzip.GzipFile(fileobj=raw, mode="rb"), raw)  # type: ignore
     if magic == b"BZh":
         return _Decompressed(bz2.BZ2File(raw, "rb"), raw)  # type: ignore
+    name = path.lower()
+    if name.endswith((".gz", ".gzip", ".bz2")):
+        raw.close()
+        kind = "bzip2" if name.endswith(".bz2") else "gzip"
+        raise DataError(f"{path}: named as {kind} data but is not {kind} (it starts with "
+                        f"{magic!r}): a truncated download, or a misnamed file?")
     return raw
 
 
@@ -114,6 +120,7 @@ def read_chunks(path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     line = 1
     carry: list[bytes] = []  # the start of a line longer than the blocks read so far
     carried = 0
+    first = True
     with open_binary(path) as stream:
         while True:
             try:
@@ -123,6 +130,9 @@ def read_chunks(path: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                                 f"(truncated or corrupt file?): {e}") from None
             if not block:
                 break
+            if first:  # a UTF-8 byte order mark (Windows tools write one) is not data
+                first = False
+                block = block.removeprefix(b"\xef\xbb\xbf")
             cut = block.rfind(b"\n") + 1
             if cut == 0:  # no line ends in this block: keep its bytes, read on
                 carry.append(block)

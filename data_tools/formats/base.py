@@ -136,7 +136,8 @@ class TextFormat(InputFormat):
                 yield block
 
     def parse_chunk(self, chunk: TextChunk) -> Block | None:
-        block = self.parse_fast(chunk)
+        # a NUL byte is binary data: the line parser refuses its line
+        block = self.parse_fast(chunk) if b"\0" not in chunk.data else None
         if block is not None and not _fits_float32(block):
             block = None  # a number past float32's range: the line parser names it
         return block if block is not None else self.parse_slow(chunk)
@@ -154,6 +155,8 @@ class TextFormat(InputFormat):
         values: list[np.ndarray] = []
         for offset, line in enumerate(chunk.data.split(b"\n")[:-1]):
             try:
+                if b"\0" in line:
+                    raise LineError("a NUL byte: binary data, not a line of text")
                 parsed = self.parse_line(line)
             except (LineError, ValueError, OverflowError) as e:
                 self.budget.skip(BadLine(chunk.source, chunk.first_line + offset, str(e)))

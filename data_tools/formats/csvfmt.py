@@ -83,7 +83,9 @@ class CSV(InputFormat):
                 header = data[:cut].decode("utf-8", errors="replace").rstrip("\r\n")
                 columns, width = self._header(path, header), len(self._fields(header))
                 data, first = data[cut:], first + 1
-            block = self._parse_arrow(arrow, data, columns, width) if arrow else LINES
+            # a NUL byte is binary data: the line parser refuses its line
+            block = self._parse_arrow(arrow, data, columns, width) \
+                if arrow and b"\0" not in data else LINES
             if block is LINES:
                 # split on \n only: str.splitlines would also split on \x0b, \x1c,
                 # ... and shift the line numbers in error messages.
@@ -162,7 +164,9 @@ class CSV(InputFormat):
             if not fields:
                 continue
             problem = None
-            if len(fields) < width:
+            if "\0" in lines[offset]:
+                problem = "a NUL byte: binary data, not a line of text"
+            elif len(fields) < width:
                 problem = f"{len(fields)} fields, the header needs at least {width}"
             else:
                 picked = [fields[c] for c in columns]

@@ -110,19 +110,29 @@ class LibSVM(TextFormat):
                 continue
             name, colon, raw = token.partition(b":")
             fid = _number(name, "feature id", token)
-            if fid < 0 or fid != int(fid) or fid >= MAX_EXACT_ID:
-                raise LineError(f"feature id in {token.decode(errors='replace')!r} "
-                                "is not a non-negative integer")
+            if fid < 0 or fid != int(fid):
+                raise LineError(f"feature id in {_shown(token)!r} is not a non-negative "
+                                "integer")
+            if fid >= MAX_EXACT_ID:
+                raise LineError(f"feature id in {_shown(token)!r} is 2^53 or more: libsvm "
+                                "ids must be below 2^53 (they are read as float64)")
             value = _number(raw, "value", token) if colon else 1.0
             if not np.isfinite(value):
-                raise LineError(f"value in {token.decode(errors='replace')!r} is not finite")
+                raise LineError(f"value in {_shown(token)!r} is not finite")
             ids.append(int(fid))
             values.append(value)
         return label, self.keys(np.array(ids, np.uint64)), np.array(values, np.float64)
 
 
+def _shown(token: bytes, limit: int = 40) -> str:
+    """A token as an error message shows it: decoded, and cut if long
+    (binary data makes long tokens)."""
+    text = token[: limit + 1].decode(errors="replace")
+    return text if len(token) <= limit else text[:limit] + "..."
+
+
 def _number(raw: bytes, what: str, token: bytes | None = None) -> float:
-    shown = (token if token is not None else raw).decode(errors="replace")
+    shown = _shown(token if token is not None else raw)
     if b":" in raw or not raw:
         raise LineError(f"malformed token {shown!r}")
     try:
