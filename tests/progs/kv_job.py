@@ -18,6 +18,7 @@ Modes:
           MPIPS_TEST_KEYSET=1: every worker registers the key universe as a key
           set of each table and sends the rounds of odd index as subsets of it
           (positions), the others as keys: both paths meet on the same stores.
+  chaos   the fault campaign's job (see ChaosJob).
   raise   worker 1 raises after a few requests; the job must end at once.
   flush   one worker pushes small random values task by task through the
           significant filter (threshold far above one push): after every push,
@@ -192,6 +193,47 @@ class CountsJob(App):
         return {}
 
 
+class ChaosJob(App):
+    """The fault campaign's job (tests/chaos_campaign.py): each worker
+    pushes +1 to random subsets of keys of its own (every other round as
+    positions into a registered key set) and counts what was acknowledged;
+    at the end every surviving worker pulls its keys and checks them exact.
+    A worker's keys are its own, so the check holds whoever else died.
+    MPIPS_CHAOS_ROUNDS rounds (default 60), 40 ms apart."""
+
+    name = "chaos"
+    KEYS, PER_ROUND = 4000, 500
+
+    def tables(self):
+        return [Table("c", 1, "float32", Add())]
+
+    def run_worker(self, po):
+        w = po.worker_index()
+        rng = np.random.default_rng([self.cfg.job.seed, w])
+        universe = np.sort(mix64(np.arange(self.KEYS, dtype=np.uint64) * np.uint64(64)
+                                 + np.uint64(w)))  # disjoint between workers
+        counts = np.zeros(self.KEYS, np.int64)
+        c = KVWorker(po, "c")
+        keyset = c.register(universe)
+        ones = np.ones((self.PER_ROUND, 1), np.float32)
+        for i in range(int(os.environ.get("MPIPS_CHAOS_ROUNDS", "60"))):
+            pick = np.sort(rng.choice(self.KEYS, self.PER_ROUND, replace=False))
+            keys = keyset.subset(pick) if i % 2 else universe[pick]
+            c.wait(c.pushpull(keys, ones) if i % 3 == 2 else c.push(keys, ones))
+            counts[pick] += 1
+            if i == 0:
+                print(f"worker {w}: round 0 done", flush=True)
+            time.sleep(0.04)
+        po.barrier(WORKERS)
+        got = c.wait(c.pull(universe))[:, 0]
+        bad = np.flatnonzero(got != counts)
+        if bad.size:
+            raise AssertionError(f"worker {w}: {bad.size} keys have wrong counts, e.g. "
+                                 f"{got[bad[0]]} != {counts[bad[0]]}")
+        print(f"worker {w}: {self.KEYS} keys exact", flush=True)
+        return {}
+
+
 class QueueJob(App):
     """Workers take partitions from the scheduler's queue (names only, no
     files) and push +1 to the key of each; every key must end at ``epochs``."""
@@ -350,5 +392,5 @@ class RaiseJob(App):
 if __name__ == "__main__":
     mode, overrides = sys.argv[1], [a for a in sys.argv[2:] if a != "-o"]
     cfg = config.load(None, overrides)
-    run(cfg, {"counts": CountsJob, "raise": RaiseJob, "queue": QueueJob,
+    run(cfg, {"counts": CountsJob, "chaos": ChaosJob, "raise": RaiseJob, "queue": QueueJob,
               "determ": DetermJob, "flush": FlushJob}[mode](cfg))
