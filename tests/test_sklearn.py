@@ -106,3 +106,55 @@ def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_news20_from_csr_fits_twice_in_one_process_as_mpips_run_does(tmp_path):
+    """A notebook's loop: news20 as CSR, fit twice in one Python process;
+    each reaches the AUC that ``mpips run`` reaches on the same data
+    converted by data_tools, with the same settings."""
+    import json
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_svmlight_files
+
+    from tests.mpitools import ROOT, mpi_env, run_py, shared_file
+    train = shared_file("news20.binary.train.libsvm.gz")
+    test = shared_file("news20.binary.test.libsvm.gz")
+    X, y, Xt, yt = load_svmlight_files([str(train), str(test)])
+    aucs = [roc_auc_score(yt, LogisticRegression(n_ranks=4, epochs=5).fit(X, y)
+                          .decision_function(Xt)) for _ in range(2)]
+    data = {}
+    for name, src in (("train", train), ("test", test)):
+        data[name] = tmp_path / name
+        proc = run_py("-m", "data_tools", "convert", str(src), "-o", str(data[name]),
+                      "--rows-per-partition", "3000", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    job = tmp_path / "job.toml"
+    job.write_text(f"""[job]
+name = "news20"
+app = "linear"
+output = "{tmp_path / 'run'}"
+seed = 1
+[layout]
+servers = 1
+[data]
+train = "{data['train']}"
+test = "{data['test']}"
+minibatch = 1000
+epochs = 5
+[linear]
+data = "partitions"
+algorithm = "ftrl"
+alpha = 0.1
+beta = 1.0
+lr_scale = "auto"
+""")
+    proc = subprocess.run([sys.executable, "-m", "mpips", "run", "-n", "4", str(job)],
+                          capture_output=True, text=True, timeout=300, env=mpi_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    run_auc = json.loads(lines[-1])["auc"]
+    print(f"news20 AUC: estimator fits {aucs[0]:.4f}, {aucs[1]:.4f}; mpips run {run_auc:.4f}")
+    assert run_auc > 0.98
+    assert all(abs(auc - run_auc) <= 0.005 for auc in aucs), (aucs, run_auc)
