@@ -58,6 +58,32 @@ def test_wheel_holds_every_module(tmp_path):
     assert sorted(modules_in_tree() - in_wheel) == []
 
 
+def test_sdist_holds_the_package_tests_and_job_files(tmp_path):
+    """The source distribution: every module, the demo job as package data,
+    the tests, job scripts, Slurm scripts, README and licence."""
+    import tarfile
+    src = tmp_path / "src"
+    patterns = shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info",
+                                      "__pycache__", ".ruff_cache", ".pytest_cache")
+
+    def skip(folder: str, names: list[str]) -> set[str]:  # and the top's data sets
+        return patterns(folder, names) | ({"data"} if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, src, ignore=skip)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300, cwd=src)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("mpips-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert sorted(modules_in_tree() - names) == []
+    for needed in ("mpips/jobs/demo.toml", "README.md", "LICENSE", "setup.cfg",
+                   "tests/test_packaging.py", "jobs/demo.sh", "slurm/train.sbatch"):
+        assert needed in names, needed
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["config"], ["train", "--help"],
                                   ["validate", "jobs/demo.toml", "--np", "4"]])
 def test_commands_without_ranks_need_no_mpi(args):
