@@ -43,6 +43,8 @@ _FACE = {
     "hash_feature": "mpips.keys", "mix64": "mpips.keys", "fnv1a64": "mpips.keys",
     # running a job
     "Postoffice": "mpips.postoffice", "run": "mpips.runtime",
+    # driving jobs from Python (a child process runs mpips run)
+    "run_job": "mpips.driver", "JobResult": "mpips.driver", "JobFailed": "mpips.driver",
     # work queues
     "PartitionQueue": "mpips.data.queue", "IterationQueue": "mpips.consistency.clock",
 }
@@ -57,6 +59,8 @@ __all__ = [
     "ConfigError",
     "Handle",
     "IterationQueue",
+    "JobFailed",
+    "JobResult",
     "KVError",
     "KVServer",
     "KVWorker",
@@ -73,6 +77,7 @@ __all__ = [
     "load_config",
     "mix64",
     "run",
+    "run_job",
 ]
 
 assert set(__all__) == {*_FACE, *_RENAMED, "__version__"}
@@ -83,6 +88,7 @@ if TYPE_CHECKING:
     from .config import load as load_config
     from .consistency.clock import IterationQueue
     from .data.queue import PartitionQueue
+    from .driver import JobFailed, JobResult, run_job
     from .handles import SGD, AdaGrad, Add, Assign, Handle, UserHandle
     from .keys import fnv1a64, hash_feature, mix64
     from .kv.server import KVServer

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from .apps.linear.model import Model, read_model, sigmoid, write_model
 from .data.manifest import load_manifest
 from .data.reader import PartitionReader
 from .data.writer import Block, write_dataset
+from .driver import run_job
 from .keys import hash_feature
 
 COLUMN_SALT = 0x5C1EA2  # keys of column j: hash_feature(j, COLUMN_SALT)
@@ -184,29 +182,12 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             write_model(init, m.keys, m.weights, m.state, m.attrs)
         job = folder / "job.toml"
         job.write_text(self._job_text(folder, data, init))
-        cmd = [sys.executable, "-m", "mpips", "run", "-n", str(self.n_ranks),
-               *(f"--mpi-arg={a}" for a in self.mpi_args), str(job)]
-        log = folder / "job.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    out.write(line)
-                    if self.verbose:
-                        print(line, end="", flush=True)
-                code = proc.wait(timeout=self.timeout)
-            except BaseException:  # KeyboardInterrupt in a notebook, a timeout
-                proc.send_signal(signal.SIGINT)  # mpips run: stop the ranks cleanly
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                raise
-        if code != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-            raise RuntimeError(f"the mpips job failed (exit {code}; {' '.join(cmd)}):\n{tail}")
+        result = run_job(job, self.n_ranks, mpi_args=self.mpi_args, echo=self.verbose,
+                         check=False, timeout=self.timeout, log=folder / "job.log")
+        if not result.ok:
+            tail = "".join(result.log.read_text().splitlines(keepends=True)[-20:])
+            raise RuntimeError(f"the mpips job failed (exit {result.code}, state "
+                               f"{result.state}; {job}):\n{tail}")
         return read_model(folder / "run" / "model.h5")
 
     def _set_coef(self, model: Model) -> None:

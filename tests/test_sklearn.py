@@ -84,8 +84,11 @@ def test_errors_are_clear(data):
         LogisticRegression(n_ranks=3).fit(X, np.arange(y.size) % 3)
     with pytest.raises(ValueError, match="leaves no worker"):
         LogisticRegression(n_ranks=2).fit(X, y)
-    with pytest.raises(RuntimeError, match="the mpips job failed"):
+    # a bad setting is refused before any rank starts, naming the key
+    with pytest.raises(ValueError, match=r"\[linear\] algorithm = 'newton' is not one of"):
         LogisticRegression(n_ranks=3, algorithm="newton").fit(X, y)
+    with pytest.raises(RuntimeError, match="the mpips job failed"):  # one that starts
+        LogisticRegression(n_ranks=3, mpi_args=("--no-such-launcher-flag",)).fit(X, y)
 
 
 # scikit-learn's own checks that fit (each a few mpips jobs) or need none; the
