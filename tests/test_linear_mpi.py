@@ -302,3 +302,33 @@ def test_inspect_and_export_name_the_original_feature_ids(tmp_path):
     assert rows[0] == ["feature", "key", "weight"] and rows[1][0] == "(intercept)"
     features = {r[0] for r in rows[2:]}
     assert features == {str(i) for i in range(1, 200)} | {"4242"}, sorted(features)[:5]
+
+
+def test_a_virtual_model_reads_as_the_copied_one_and_moves_with_its_folder(ctr, tmp_path):
+    """[linear] model_file = "virtual": model.h5 reads its rows from the
+    servers' shards (model.shards/) through HDF5 virtual datasets, nothing
+    copied; with one worker it is the copied model bit for bit, predict and
+    inspect read it, and it still reads after its folder moved."""
+    import shutil
+    models = {}
+    for layout in ("copy", "virtual"):
+        out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr), "layout.servers=2",
+                    "data.shuffle=false", "linear.save_state=true",
+                    f"linear.model_file={layout}", n=4, name=layout)
+        with h5py.File(out / "model.h5") as h5:
+            models[layout] = {n: h5[n][:] for n in ("keys", "weights", "state/acc")}
+            assert h5["weights"].is_virtual == (layout == "virtual")
+        shards = sorted(p.name for p in (out / "model.shards").glob("*")) \
+            if (out / "model.shards").exists() else []
+        assert shards == (["server-rank-1.h5", "server-rank-2.h5"] if layout == "virtual"
+                          else [])
+        assert not list(out.glob(".model.shard-*"))
+    for n in models["copy"]:
+        assert np.array_equal(models["copy"][n], models["virtual"][n]), n
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tmp_path / "virtual"), moved)
+    proc = run_py("-m", "mpips", "predict", "--model", str(moved / "model.h5"), "--data",
+                  str(ctr / "test"), "--out", str(tmp_path / "p.tsv"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_py("-m", "mpips", "inspect", str(moved / "model.h5"), timeout=60)
+    assert proc.returncode == 0 and "nonzero weights" in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .model import (
     LOSSES,
     Model,
     copy_model,
+    link_model,
     metrics_of,
     read_model,
     write_model,
@@ -80,6 +82,12 @@ section("linear", {
     "auc_span": Option(float, 16.0, "margin range of the AUC histogram", positive),
     "save_model": Option(bool, True, "write model.h5 in [job] output"),
     "save_state": Option(bool, False, "also write the optimizer state into model.h5"),
+    "model_file": Option(str, "auto", "'copy': model.h5 holds the model, copied from the "
+                         "servers' shards by the scheduler; 'virtual': the shards stay (in "
+                         "model.shards/ beside it) and model.h5 reads its rows from them "
+                         "through HDF5 virtual datasets, nothing copied (move the folder as "
+                         "a whole); 'auto': virtual above 2^27 weights",
+                         choices=("auto", "copy", "virtual")),
     "init_model": Option(str, "", "start from this model.h5 (warm start; train "
                          "--init-model): its weights, and its optimizer state where it "
                          "holds one of the same algorithm (FTRL needs it: save_state)"),
@@ -115,6 +123,9 @@ def value_scale(manifest: Manifest | None, sample_rows: int = 20_000) -> float:
 
 
 SAVE_RANGES = "linear.save_ranges"  # command: a server saves the ranges named
+# Above this many weights model.h5 is virtual by default: copying a model
+# through the scheduler costs a pass over it in one process.
+VIRTUAL_MODEL_KEYS = 1 << 27
 
 
 class LinearApp(App):
@@ -365,16 +376,34 @@ class LinearApp(App):
             for shard in shards:
                 os.remove(shard["model_shard"])
             raise
-        copy_model(path, pieces,
-                   {"config": self.cfg.as_dict(), "source": self.cfg.source,
-                    "loss": self.lc.loss, "algorithm": self.lc.algorithm,
-                    "bias": self.lc.bias, "examples": int(examples),
-                    # how the training data made its keys: inspect names features
-                    "hashing": json.dumps(self.train.raw.get("hashing")
-                                          if self.train is not None else None)})
+        attrs = {"config": self.cfg.as_dict(), "source": self.cfg.source,
+                 "loss": self.lc.loss, "algorithm": self.lc.algorithm,
+                 "bias": self.lc.bias, "examples": int(examples),
+                 # how the training data made its keys: inspect names features
+                 "hashing": json.dumps(self.train.raw.get("hashing")
+                                       if self.train is not None else None)}
+        keys = sum(count for _, _, count in pieces)
+        folder = path.with_name(path.stem + ".shards")  # model.shards/
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier run's
+        layout = self.lc.model_file
+        if layout == "auto":
+            layout = "virtual" if keys > VIRTUAL_MODEL_KEYS else "copy"
+        if layout == "copy":
+            copy_model(path, pieces, attrs)
+            for shard in shards:
+                os.remove(shard["model_shard"])
+            return keys
+        # the shards stay, as model.shards/, and model.h5 reads its rows from
+        # them: nothing is copied, whatever the model's size
+        folder.mkdir(parents=True)
+        moved = {}
         for shard in shards:
-            os.remove(shard["model_shard"])
-        return sum(count for _, _, count in pieces)
+            old_path = Path(shard["model_shard"])
+            moved[str(old_path)] = str(folder / old_path.name.lstrip(".").replace(
+                "model.shard-", "server-rank-"))
+            old_path.replace(moved[str(old_path)])
+        link_model(path, [(moved[f], a, n) for f, a, n in pieces], attrs)
+        return keys
 
     def _save_late(self, po: Postoffice, missing: list[int]) -> list[dict[str, Any]]:
         """Shards of ``missing`` ranges from their owners under the current

@@ -11,6 +11,7 @@ is >= 0, so accuracy and AUC (a ranking of margins) mean the same for all.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,46 @@ def write_model(path: str | Path, keys: np.ndarray, weights: np.ndarray,
 COPY_ROWS = 1 << 22  # rows per slice when model.h5 is assembled from shards
 
 
+def _model_datasets(first: h5py.File | None) -> list[str]:
+    names = ["keys", "weights"]
+    if first is not None and "state" in first:
+        names += [f"state/{n}" for n in first["state"]]
+    return names
+
+
+def link_model(path: str | Path, pieces: list[tuple[str, int, int]],
+               attrs: dict[str, Any] | None = None) -> None:
+    """A model file whose datasets are HDF5 virtual datasets over slices of
+    the shard files (``(file, start, count)``, keys in order): it reads as
+    :func:`write_model`'s file for their concatenation, and nothing is
+    copied, whatever the model's size. The shards are named relative to the
+    model's folder, so the folder may move as a whole (not the file alone)."""
+    path = Path(path)
+    total = sum(count for _, _, count in pieces)
+    temp = path.with_name(f".{path.name}.tmp")
+    files = list(dict.fromkeys(f for f, _, _ in pieces))
+    shapes: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
+    for f in files:
+        with h5py.File(f, "r") as src:
+            shapes[f] = {n: (src[n].shape, src[n].dtype) for n in _model_datasets(src)}
+    names = list(shapes[files[0]]) if files else ["keys", "weights"]
+    layouts = {n: h5py.VirtualLayout(shape=(total,), dtype=shapes[files[0]][n][1] if files
+                                     else (np.uint64 if n == "keys" else np.float64))
+               for n in names}
+    at = 0
+    for f, start, count in pieces:
+        rel = os.path.relpath(f, path.parent)
+        for n in names:
+            source = h5py.VirtualSource(rel, n, shape=shapes[f][n][0])
+            layouts[n][at:at + count] = source[start:start + count]
+        at += count
+    with h5py.File(temp, "w") as h5:
+        _header(h5, attrs)
+        for n in names:
+            h5.create_virtual_dataset(n, layouts[n])
+    temp.replace(path)
+
+
 def copy_model(path: str | Path, pieces: list[tuple[str, int, int]],
                attrs: dict[str, Any] | None = None) -> None:
     """A model file from slices of model files (``(file, start, count)``,
@@ -283,10 +324,8 @@ def copy_model(path: str | Path, pieces: list[tuple[str, int, int]],
     temp = path.with_name(f".{path.name}.tmp")
     sources = {f: h5py.File(f, "r") for f in dict.fromkeys(f for f, _, _ in pieces)}
     try:
-        names = ["keys", "weights"]
         first = next(iter(sources.values()), None)
-        if first is not None and "state" in first:
-            names += [f"state/{n}" for n in first["state"]]
+        names = _model_datasets(first)
         with h5py.File(temp, "w") as h5:
             _header(h5, attrs)
             out = {n: h5.create_dataset(n, shape=(total,), track_times=False,
