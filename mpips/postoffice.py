@@ -107,6 +107,7 @@ class Postoffice:
         self.stop_requested: str | None = None  # a signal asked for checkpoint-and-stop
         self.stop_requested_at = 0.0  # time.monotonic() of that signal
         self._last_heartbeat = time.monotonic()
+        self._idle_hooks: list[Callable[[], None]] = []
         self._commands: dict[str, Callable[[Command], Command | None]] = {}
         self._answers: dict[int, Command] = {}  # command id -> answer
         self._next_command = 0
@@ -164,9 +165,17 @@ class Postoffice:
         if dest == self.layout.scheduler:
             self._last_heartbeat = time.monotonic()  # any message says "alive"
 
+    def on_idle(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` between empty polls of every wait (work a thread
+        finished, to be reported from this one)."""
+        self._idle_hooks.append(hook)
+
     def heartbeat(self) -> None:
-        """Tell the scheduler this rank lives, if it has not heard so lately
-        (where no heartbeat thread does it)."""
+        """Between empty polls: the idle hooks, then tell the scheduler this
+        rank lives, if it has not heard so lately (where no heartbeat thread
+        does it)."""
+        for hook in self._idle_hooks:
+            hook()
         if self.is_scheduler or self.beats_from_thread:
             return
         if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:

@@ -113,6 +113,28 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @pytest.mark.integration
+def test_workers_go_on_while_checkpoints_are_written(tmp_path):
+    """The workers wait only while the servers copy their arrays: tasks go on
+    while the files are written (each made 0.5 s slower here), and a run
+    resumed from such a checkpoint ends with the weights of a run that never
+    stopped (the copy is a consistent cut)."""
+    import re
+    args = ("python", "tests/progs/kv_job.py", "determ", "layout.servers=1")
+    straight = run_mpi(3, *args, f"job.output={tmp_path / 'a'}", timeout=90, check=True)
+    assert straight.returncode == 0
+    slow = {"MPIPS_TEST_SLOW_CHECKPOINT": "0.5", "MPIPS_TEST_TASK_SLEEP": "0.03",
+            "MPIPS_TEST_JOB_DIES_AFTER": "45"}
+    first = run_mpi(3, *args, f"job.output={tmp_path / 'b'}", "checkpoint.every_tasks=7",
+                    timeout=90, env=slow)
+    meanwhile = [int(n) for n in re.findall(r"(\d+) tasks done meanwhile", first.stdout)]
+    assert meanwhile and max(meanwhile) > 0, first.stdout[-3000:]
+    run_mpi(3, *args, f"job.output={tmp_path / 'b'}", "checkpoint.every_tasks=7",
+            "checkpoint.resume=true", timeout=90, check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "final.npy"),
+                                  np.load(tmp_path / "b" / "final.npy"))
+
+
+@pytest.mark.integration
 def test_sigusr1_writes_a_checkpoint_and_stops(tmp_path):
     env = mpi_env()
     env["MPIPS_TEST_TASK_SLEEP"] = "0.2"  # about 7 s of tasks: the signal comes mid-run

@@ -17,6 +17,7 @@ them (repair) until every range has k copies again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -122,6 +123,9 @@ class KVServer:
         po.on(Op.SNAPSHOT, self._snapshot_in)
         po.on(Op.SNAPSHOT_ACK, self._snapshot_ack)
         po.on(Op.CHECKPOINT, self._checkpoint)
+        # checkpoint files being written: (thread, its outcome, reply to, id)
+        self._writing: list[tuple[threading.Thread, dict[str, Any], int, int]] = []
+        po.on_idle(self._report_written)
         po.on(Op.RESUME, self._resume)
         po.ring_listeners.append(self.on_ring_change)
 
@@ -199,6 +203,8 @@ class KVServer:
             self._handle(msg)
         finally:
             self.busy_seconds += time.perf_counter() - t
+        if self._writing:  # a busy server rarely idles: look here too
+            self._report_written()
 
     def _handle(self, msg: Message) -> None:
         # filters (issue 6): keys and values as the worker gave them, decoded in
@@ -452,14 +458,40 @@ class KVServer:
 
     # ---- checkpoints ---------------------------------------------------------------
     def _checkpoint(self, msg: Message) -> None:
-        """Write the ranges this server owns (workers are paused meanwhile)."""
+        """Copy the ranges this server owns (the workers are paused for this
+        copy only: CHECKPOINT_COPIED ends the pause), then write the copy
+        from a thread while requests are served (h5py lets go of the GIL
+        while it writes); CHECKPOINTED says when the file is complete."""
         from pathlib import Path
 
-        from ..checkpoint import write_shard
-        tables = {t.name: self.items(t.name) for t in self.tables}
-        entry = write_shard(Path(msg.meta.decode()), msg.aux, self.server, tables)
-        self.po.send(msg.sender, Message(op=Op.CHECKPOINTED, aux=msg.aux,
-                                         meta=Message.jmeta(entry)))
+        from .. import checkpoint
+        tables = {t.name: self.items(t.name) for t in self.tables}  # copies
+        self.po.send(msg.sender, Message(op=Op.CHECKPOINT_COPIED, aux=msg.aux))
+        root, ckpt, server = Path(msg.meta.decode()), msg.aux, self.server
+        outcome: dict[str, Any] = {}
+
+        def write() -> None:
+            try:
+                outcome["entry"] = checkpoint.write_shard(root, ckpt, server, tables)
+            except Exception as e:  # reported by the main thread: the job decides
+                outcome["error"] = f"server {server}: cannot write checkpoint {ckpt}: {e}"
+
+        thread = threading.Thread(target=write, name=f"mpips-checkpoint-{ckpt}", daemon=True)
+        thread.start()
+        self._writing.append((thread, outcome, msg.sender, ckpt))
+
+    def _report_written(self) -> None:
+        """Send CHECKPOINTED for each checkpoint file the writer finished."""
+        if not self._writing:
+            return
+        still = []
+        for thread, outcome, to, ckpt in self._writing:
+            if thread.is_alive():
+                still.append((thread, outcome, to, ckpt))
+                continue
+            self.po.send(to, Message(op=Op.CHECKPOINTED, aux=ckpt, meta=Message.jmeta(
+                outcome.get("entry") or {"error": outcome.get("error", "no file written")})))
+        self._writing = still
 
     def _resume(self, msg: Message) -> None:
         """Load this server's primary and replica ranges from a checkpoint

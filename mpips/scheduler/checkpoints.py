@@ -37,6 +37,7 @@ class Checkpoints:
         self.sched, self.po = sched, sched.po
         po = self.po
         po.on(Op.CHECKPOINTED, self._checkpointed)
+        po.on(Op.CHECKPOINT_COPIED, self._copied)
         po.on(Op.LOADED, lambda msg: self.loaded.add(msg.sender))
         self.root = ckpt.checkpoint_dir(po.cfg)
         self.next_id = 0
@@ -44,6 +45,10 @@ class Checkpoints:
         self.time_at = time.monotonic()
         self.pausing = False        # no tasks handed out: a checkpoint is coming
         self.files: dict[int, dict[str, Any]] | None = None  # writing: rank -> entry
+        self.asked: set[int] = set()   # the servers asked for the checkpoint in progress
+        self.copied: set[int] = set()  # those whose arrays are copied
+        self.state: dict[str, Any] = {}  # the job's state at the copy, for the manifest
+        self.started_at = 0.0
         self.preempt_after = False  # stop the job once the checkpoint is written
         self.loaded: set[int] = set()
         # worker index -> its counters at the checkpoint resumed from
@@ -92,18 +97,26 @@ class Checkpoints:
             self._start()
 
     def _start(self) -> None:
-        self.files = {}
-        for rank in self.sched.live(self.po.layout.servers):
+        self.files, self.copied = {}, set()
+        self.asked = set(self.sched.live(self.po.layout.servers))
+        self.started_at = time.monotonic()
+        for rank in sorted(self.asked):
             self.po.send(rank, Message(op=Op.CHECKPOINT, aux=self.next_id,
                                        meta=str(self.root).encode()))
 
-    def _checkpointed(self, msg: Message) -> None:
-        self.files[msg.sender] = msg.json()
-        if not all(r in self.files for r in self.sched.live(self.po.layout.servers)):
+    def _copied(self, msg: Message) -> None:
+        """A server copied its arrays. Once every one has, the job's state is
+        taken with them (the workers still wait at task boundaries: the queue
+        and counters match the copies) and the workers go on while the
+        servers write; a preemption waits for the files."""
+        if self.files is None or msg.aux != self.next_id:
+            return
+        self.copied.add(msg.sender)
+        if not all(r in self.copied for r in self.sched.live(sorted(self.asked))):
             return
         po, ring, queue = self.po, self.po.ring, self.sched.tasks.queue
-        manifest = {
-            "time": time.time(), "files": list(self.files.values()),
+        self.state = {
+            "time": time.time(),
             "tables": [{"name": t.name, "vdim": t.vdim, "dtype": t.dtype,
                         "state": list(t.handle.state)} for t in po.tables],
             "ring": {"servers": ring.servers, "virtual_servers": ring.virtual_servers,
@@ -114,22 +127,63 @@ class Checkpoints:
             # task it waits for): a resumed run counts on from them
             "counters": {str(i): self.sched.counters.get(r, {})
                          for i, r in enumerate(po.layout.workers)},
-            "config": po.cfg.as_dict()}
+            "config": po.cfg.as_dict(), "tasks_done": queue.tasks_done,
+            "paused_seconds": round(time.monotonic() - self.started_at, 6)}
+        self.tasks_at = queue.tasks_done
+        self.time_at = time.monotonic()
+        po.event("checkpoint_copied", id=self.next_id, tasks_done=queue.tasks_done)
+        if not self.preempt_after:
+            self.pausing = False
+            self.sched.tasks.hand_out()
+
+    def _checkpointed(self, msg: Message) -> None:
+        if self.files is None or msg.aux != self.next_id:
+            return
+        entry = msg.json()
+        if "error" in entry:
+            self._abandon(entry["error"])
+            return
+        self.files[msg.sender] = entry
+        live = self.sched.live(sorted(self.asked))
+        if not all(r in self.files for r in live):
+            return
+        lost = sorted(self.asked - set(self.files))
+        if lost:  # their copies died with them: this checkpoint misses their ranges
+            self._abandon(f"server rank(s) {lost} died before writing their part")
+            return
+        po = self.po
+        manifest = dict(self.state, files=list(self.files.values()),
+                        write_seconds=round(time.monotonic() - self.started_at, 6))
         where = ckpt.write_manifest(self.root, self.next_id, manifest,
                                     po.cfg.checkpoint.keep)
         keys = sum(f["keys"] for f in manifest["files"])
+        meanwhile = self.sched.tasks.queue.tasks_done - manifest["tasks_done"]
         print(f"mpips: checkpoint {self.next_id} written: {keys} keys, "
-              f"{queue.tasks_done} tasks done, in {where}", flush=True)
-        po.event("checkpoint", id=self.next_id, keys=keys)
-        self.next_id += 1
-        self.tasks_at = queue.tasks_done
-        self.time_at = time.monotonic()
-        self.files = None
-        self.pausing = False
+              f"{manifest['tasks_done']} tasks done, in "
+              f"{where} (workers paused {manifest['paused_seconds']:.3f} s, written in "
+              f"{manifest['write_seconds']:.3f} s, {meanwhile} tasks done meanwhile)",
+              flush=True)
+        po.event("checkpoint", id=self.next_id, keys=keys, tasks_meanwhile=meanwhile,
+                 paused_s=manifest["paused_seconds"], written_s=manifest["write_seconds"])
+        self._finish()
         if self.preempt_after:
             self._preempt(f"checkpoint {self.next_id - 1} is written; "
                           "continue with train --resume")
-        self.sched.tasks.hand_out()
+
+    def _abandon(self, why: str) -> None:
+        print(f"mpips: checkpoint {self.next_id} abandoned: {why}", flush=True)
+        self.po.event("checkpoint_abandoned", id=self.next_id, why=why)
+        self._finish()
+        if self.preempt_after:
+            self._preempt(f"checkpoint {self.next_id - 1} could not be written ({why})")
+
+    def _finish(self) -> None:
+        """The checkpoint in progress is over (written or abandoned)."""
+        self.next_id += 1
+        self.files, self.state = None, {}
+        if self.pausing and not self.preempt_after:
+            self.pausing = False
+            self.sched.tasks.hand_out()
 
     def _peers_lost(self, lost: str) -> None:
         written = ckpt.complete_ids(self.root)

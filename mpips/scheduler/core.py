@@ -97,6 +97,12 @@ class Scheduler:
         self._check_complete()
         if self.counters:
             self._print_progress(time.monotonic() - t0)  # the last line: final totals
+        # a checkpoint still being written is finished first: its servers
+        # write it from a thread that a stop would cut short
+        po.wait_until(lambda: self.checkpoints.files is None,
+                      lambda: "CHECKPOINTED from servers " + ", ".join(
+                          str(r) for r in self.live(sorted(self.checkpoints.asked))
+                          if r not in (self.checkpoints.files or {})))
         servers = self.live(po.layout.servers)
         for rank in servers:
             po.send(rank, Message(op=Op.STOP))

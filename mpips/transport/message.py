@@ -85,7 +85,7 @@ class Op(enum.IntEnum):
     EVENT = 39            # rank -> scheduler: a timestamped event for the log (meta)
     APP = 40              # an app's command (meta: name, id, args; see Postoffice.ask)
     CHECKPOINT = 41       # scheduler -> server: write your ranges (aux = id, meta = folder)
-    CHECKPOINTED = 42     # server -> scheduler: written (meta: the file's entry)
+    CHECKPOINTED = 42     # server -> scheduler: written (meta: the file's entry, or error)
     RESUME = 43           # scheduler -> server: load your ranges (meta: manifest)
     LOADED = 44           # server -> scheduler
     PREEMPT = 45          # scheduler -> all: a checkpoint is written, stop now
@@ -93,6 +93,7 @@ class Op(enum.IntEnum):
     APP_REPLY = 48        # the answer to an APP command (meta: id, args)
     KEYSET = 49           # worker -> server: register a key set (keyset = id, keys: its part)
     KEYSET_DROP = 50      # worker -> server: forget key set ``keyset``
+    CHECKPOINT_COPIED = 51  # server -> scheduler: checkpoint ``aux`` copied in memory
 
 
 # Bits of the header's ``flags`` of kv requests. (RELEASE puts the barrier

@@ -313,6 +313,7 @@ class DetermJob(QueueJob):
             grad = np.tanh(cur - rng.normal(size=cur.shape)).astype(np.float32)
             w.push(keys, grad)
             taken += 1
+            time.sleep(float(os.environ.get("MPIPS_TEST_TASK_SLEEP", "0")))
             task = po.next_task(done=task)
         final = w.wait(w.pull(np.arange(200, dtype=np.uint64)))
         os.makedirs(self.cfg.job.output, exist_ok=True)
@@ -321,6 +322,18 @@ class DetermJob(QueueJob):
 
     def finish(self, po, workers, servers, elapsed):
         pass
+
+    def on_server_start(self, po, server):
+        # MPIPS_TEST_SLOW_CHECKPOINT=S: checkpoint files take S s more to write
+        slow = float(os.environ.get("MPIPS_TEST_SLOW_CHECKPOINT", "0"))
+        if slow:
+            from mpips import checkpoint
+            write = checkpoint.write_shard
+
+            def slow_write(*args, **kwargs):
+                time.sleep(slow)
+                return write(*args, **kwargs)
+            checkpoint.write_shard = slow_write
 
 
 class FlushJob(QueueJob):
