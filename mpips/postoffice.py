@@ -119,8 +119,8 @@ class Postoffice:
         self.started = time.monotonic()
         # heartbeats from a thread (a rank computing is still alive); where
         # the MPI cannot serve two threads, from the wait loops (heartbeat())
-        self.beats_from_thread = self.van.start_liveness(self.layout.scheduler,
-                                                         self.heartbeat_interval)
+        self.beats_from_thread = self.van.start_liveness(
+            self.layout.scheduler, self.heartbeat_interval, list(self.layout.hosts))
         self.on_command(END_RANK, self._end_rank)
 
     # ---- identity ------------------------------------------------------------

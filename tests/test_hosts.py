@@ -1,6 +1,7 @@
 """Jobs across simulated hosts (network namespaces, tests/netns_hosts.py):
 what a lost host does to a job."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -54,3 +55,54 @@ def test_a_lost_host_fails_the_job_with_exit_75_naming_it(hosts, tmp_path):
     # words lost: mpips run reads the scheduler's status.json
     assert "SIGTERM after host h3 (all its ranks: [2, 5])" in out, out[-4000:]
     assert "stopped on SIGTERM" not in out and "done in" not in out
+
+
+def _rank_on(hosts, host: str, rank: int) -> int:
+    """The pid of MPI rank ``rank`` among the processes of ``host``."""
+    for pid in hosts.pids(host):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return pid
+    raise LookupError(f"rank {rank} is not on {host}")
+
+
+def test_heartbeats_go_per_host_and_a_stopped_leader_costs_only_itself(hosts, tmp_path):
+    """Ranks dealt one per host in turn (h1: 0, 3; h2: 1, 4; h3: 2, 5): ranks 4
+    and 5 beat to their host's leader (1, 2), which reports them to the
+    scheduler, so the scheduler hears from 1, 2 and 3 alone. SIGSTOP the
+    leader of h3 (rank 2, a server): it is taken for gone and ended, and the
+    rank it reported for (5) goes on beating to the scheduler: the job
+    survives the loss of rank 2 alone."""
+    import json
+    import signal
+    out = tmp_path / "run"
+    cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "6",
+                       *(f"--mpi-arg={a}" for a in hosts.launcher_args()),
+                       str(ROOT / "jobs" / "demo.toml"), "-o", f"job.output={out}",
+                       "-o", "linear.epochs=10", "-o", "layout.servers=2",
+                       "-o", "layout.replication=1", "-o", "transport.heartbeat_timeout=4",
+                       "-o", "job.progress_interval=0.5")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=mpi_env(), cwd=ROOT)
+    guard = threading.Timer(200, proc.kill)
+    guard.start()
+    try:
+        seen = wait_for_output(proc, "train loss", timeout=90)
+        os.kill(_rank_on(hosts, "h3", 2), signal.SIGSTOP)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        guard.cancel()
+        proc.kill()
+    text = "".join(seen) + rest
+    assert proc.returncode == 0, text[-6000:]
+    assert "survived the loss of rank(s) [2]" in text, text[-6000:]
+    layout = json.loads((out / "layout.json").read_text())
+    assert [r["host"] for r in layout["ranks"]] == [0, 1, 2, 0, 1, 2]
+    (beats,) = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()
+                if '"heartbeats"' in line]
+    # rank 5 beat to the scheduler once its leader was gone; rank 4 never did
+    assert 4 not in beats["senders"] and {1, 3, 5} <= set(beats["senders"]), beats

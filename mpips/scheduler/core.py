@@ -115,6 +115,10 @@ class Scheduler:
                         [self.stopped[r] for r in self.live(layout.servers)], elapsed)
         for rank in self.live(layout.workers + layout.servers):
             po.send(rank, Message(op=Op.STOP))  # servers: the second, the job's end
+        if po.van.liveness is not None:  # heard per host: which ranks sent beats
+            received = dict(po.van.liveness.received)
+            po.event("heartbeats", messages=sum(received.values()),
+                     senders=sorted(received), ranks=po.van.size)
         self.write_events()
         lost = sorted(po.van.dead)
         write_status(po.cfg.job.output, "done", seconds=round(elapsed, 3), lost=lost)

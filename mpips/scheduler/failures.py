@@ -73,8 +73,20 @@ class Failover:
                                 "is stopped")
             self.po.send(rank, Message(op=Op.ABORT, meta=b"declared dead"))
             van.mark_dead(rank, declared=True)
+            self._grace_for_reported(rank, now)
             print(f"mpips: {who} is silent: {what} sent nothing for {now - seen:.0f} s: "
                   f"taken for gone; {self._end(rank)}", flush=True)
+
+    def _grace_for_reported(self, rank: int, now: float) -> None:
+        """``rank`` led its host's heartbeats: the ranks it reported for beat
+        to the scheduler from now on, and get a full timeout to be heard
+        (their silence so far was their leader's)."""
+        liveness = self.po.van.liveness
+        if liveness is None:
+            return
+        for r in liveness.plan.reported_by(rank):
+            if r in self.last_seen:
+                self.last_seen[r] = max(self.last_seen[r], now)
 
     def _end(self, rank: int) -> str:
         """End a rank taken for gone, so that no survivor's shutdown waits for
@@ -100,6 +112,7 @@ class Failover:
         role = self.po.layout.role(rank)
         who = f"rank {rank} ({self.po.layout.describe(rank)})"
         self.failed_at[rank] = time.monotonic()
+        self._grace_for_reported(rank, self.failed_at[rank])
         self.po.event("detected", failed=rank, role=role)
         print(f"mpips: {who} failed", flush=True)
         if role == WORKER:

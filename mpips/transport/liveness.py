@@ -15,6 +15,16 @@ mix with data messages or with the main thread's probes. This needs
 ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it; Open MPI and MPICH give it):
 without it :func:`thread_level_ok` is False and ranks fall back to beats sent
 from their wait loops (the van's caller does that).
+
+Beats are gathered per host, so that the scheduler hears O(hosts) messages
+per interval, not O(ranks): on each host but the scheduler's, the lowest rank
+is the host's leader; the other ranks of that host beat to it, and it sends
+the scheduler one report per interval, how long ago it heard each of them
+(:class:`HostBeats`). Ranks of the scheduler's host beat to it directly. A
+leader that fails is left for the scheduler: its ranks beat to the scheduler
+from then on (on the first failed send, or when the van learns of the
+failure), and the scheduler gives them a full timeout more before it takes
+their silence for death.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 TAG_BEAT = 11
+TAG_HOST = 12  # a leader's report: float32 seconds since it heard each of its host's ranks
 _FAILED = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
            if hasattr(MPI, n)}
 
@@ -34,24 +45,68 @@ def thread_level_ok() -> bool:
     return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
 
-class Heartbeats:
-    """One rank's side: beats to the scheduler, or (on the scheduler) the
-    record of when each rank was last heard (:attr:`last_heard`)."""
+class HostBeats:
+    """Who beats to whom: the leader of each host (its lowest rank; the
+    scheduler on its own host) and the ranks it reports for. A pure function
+    of the ranks' host ids, so every rank computes the same."""
 
-    def __init__(self, comm: MPI.Comm, scheduler: int, interval: float):
+    def __init__(self, hosts: list[int], scheduler: int):
+        self.scheduler = scheduler
+        by_host: dict[int, list[int]] = {}
+        for rank, host in enumerate(hosts):
+            if rank != scheduler:
+                by_host.setdefault(host, []).append(rank)
+        self.leader_of: dict[int, int] = {}   # rank -> the rank it beats to
+        self.members: dict[int, list[int]] = {}  # leader -> ranks it reports for
+        for host, ranks in by_host.items():
+            head = scheduler if host == hosts[scheduler] else ranks[0]
+            members = [r for r in ranks if r != head]
+            self.members[head] = members
+            for r in members:
+                self.leader_of[r] = head
+            if head != scheduler:
+                self.leader_of[head] = scheduler
+
+    def target(self, rank: int) -> int:
+        return self.leader_of.get(rank, self.scheduler)
+
+    def reported_by(self, leader: int) -> list[int]:
+        """The ranks ``leader`` (not the scheduler) reports for."""
+        return [] if leader == self.scheduler else self.members.get(leader, [])
+
+
+class Heartbeats:
+    """One rank's side: beats to its host's leader (or the scheduler), a
+    leader's reports, or (on the scheduler) the record of when each rank was
+    last heard (:attr:`last_heard`) and how many messages brought it
+    (:attr:`received`, by sender)."""
+
+    def __init__(self, comm: MPI.Comm, scheduler: int, interval: float,
+                 hosts: list[int] | None = None):
         self.comm = comm.Dup()  # collective: every rank creates its Heartbeats at start
         self.rank = self.comm.Get_rank()
         self.scheduler = scheduler
         self.interval = interval
-        self.last_heard: dict[int, float] = {}  # scheduler: rank -> time.monotonic()
+        self.plan = HostBeats(hosts or [0] * self.comm.Get_size(), scheduler)
+        self.target = self.plan.target(self.rank)
+        self.members = self.plan.reported_by(self.rank)
+        self.last_heard: dict[int, float] = {}  # rank -> time.monotonic(): scheduler, leader
+        self.received: dict[int, int] = {}  # scheduler: messages per sender
         self.beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        target = self._listen if self.rank == self.scheduler else self._beat
+        target = (self._listen if self.rank == self.scheduler else
+                  self._lead if self.members else self._beat)
         self._thread = threading.Thread(target=target, name="mpips-heartbeats", daemon=True)
         self._thread.start()
+
+    def peer_failed(self, rank: int) -> None:
+        """The van learnt that ``rank`` failed: if it was this rank's
+        leader, beat to the scheduler from now on."""
+        if rank == self.target and rank != self.scheduler:
+            self.target = self.scheduler
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread (before MPI is finalised)."""
@@ -66,16 +121,57 @@ class Heartbeats:
     def _beat(self) -> None:
         byte = np.zeros(1, dtype=np.uint8)
         pending: MPI.Request | None = None
+        sent_to = self.target
         while not self._stop.is_set():
             try:
-                # one beat in flight at most: a scheduler that stopped
+                if sent_to != self.target:  # the leader failed: the last beat may hang
+                    pending, sent_to = None, self.target
+                # one beat in flight at most: a receiver that stopped
                 # receiving must not pile them up
                 if pending is None or pending.Test():
-                    pending = self.comm.Isend([byte, MPI.BYTE], self.scheduler, TAG_BEAT)
+                    pending = self.comm.Isend([byte, MPI.BYTE], self.target, TAG_BEAT)
                     self.beats += 1
             except MPI.Exception:
-                return  # the scheduler is gone: the main thread finds out and says so
+                if self.target == self.scheduler:
+                    return  # the scheduler is gone: the main thread finds out and says so
+                self.target, pending = self.scheduler, None  # the leader is: go direct
+                continue
             self._stop.wait(self.interval)
+
+    def _lead(self) -> None:
+        """A host's leader: hear its host's ranks, report them with its own
+        beat once an interval."""
+        status = MPI.Status()
+        byte = np.empty(1, dtype=np.uint8)
+        ages = np.empty(len(self.members), dtype=np.float32)
+        idle = min(0.05, self.interval / 4)
+        pending: MPI.Request | None = None
+        next_report = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now >= next_report and (pending is None or pending.Test()):
+                    for i, r in enumerate(self.members):
+                        seen = self.last_heard.get(r)
+                        ages[i] = -1.0 if seen is None else now - seen
+                    pending = self.comm.Isend([ages, MPI.FLOAT], self.scheduler, TAG_HOST)
+                    self.beats += 1
+                    next_report = now + self.interval
+                if not self.comm.Iprobe(MPI.ANY_SOURCE, TAG_BEAT, status):
+                    self._stop.wait(idle)
+                    continue
+                source = status.Get_source()
+                self.comm.Recv([byte, MPI.BYTE], source, TAG_BEAT)
+                self.last_heard[source] = time.monotonic()
+            except MPI.Exception as e:
+                if e.Get_error_class() not in _FAILED:
+                    return
+                try:
+                    self.comm.Ack_failed()  # a member died: go on with the others
+                except MPI.Exception:
+                    return
+                pending = None
+                self._stop.wait(idle)
 
     def _listen(self) -> None:
         status = MPI.Status()
@@ -85,12 +181,22 @@ class Heartbeats:
         idle = min(0.05, self.interval / 4)
         while not self._stop.is_set():
             try:
-                if not self.comm.Iprobe(MPI.ANY_SOURCE, TAG_BEAT, status):
+                if not self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
                     self._stop.wait(idle)
                     continue
-                source = status.Get_source()
-                self.comm.Recv([byte, MPI.BYTE], source, TAG_BEAT)
-                self.last_heard[source] = time.monotonic()
+                source, tag = status.Get_source(), status.Get_tag()
+                now = time.monotonic()
+                if tag == TAG_HOST:
+                    ages = np.empty(status.Get_count(MPI.FLOAT), dtype=np.float32)
+                    self.comm.Recv([ages, MPI.FLOAT], source, TAG_HOST)
+                    for r, age in zip(self.plan.reported_by(source), ages.tolist(),
+                                      strict=False):
+                        if age >= 0:
+                            self.last_heard[r] = max(self.last_heard.get(r, 0.0), now - age)
+                else:
+                    self.comm.Recv([byte, MPI.BYTE], source, tag)
+                self.last_heard[source] = now
+                self.received[source] = self.received.get(source, 0) + 1
             except MPI.Exception as e:
                 if e.Get_error_class() not in _FAILED:
                     return

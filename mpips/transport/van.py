@@ -268,6 +268,8 @@ class Van:
         if declared:
             self.declared_dead.add(rank)
         self.dead.add(rank)
+        if self.liveness is not None:
+            self.liveness.peer_failed(rank)
         self._events.append(Message(op=Op.PEER_FAILED, sender=rank, aux=rank))
 
     def flush(self, timeout: float) -> bool:
@@ -440,13 +442,15 @@ class Van:
         self.hostnames = [bytes(row).rstrip(b"\0").decode(errors="replace") for row in names]
         return ids[:, 0].tolist()
 
-    def start_liveness(self, scheduler: int, interval: float) -> bool:
+    def start_liveness(self, scheduler: int, interval: float,
+                       hosts: list[int] | None = None) -> bool:
         """Start this rank's heartbeat thread (a collective: every rank calls
-        it at start-up). False where the MPI cannot serve two threads: the
-        caller then sends heartbeats from its wait loops."""
+        it at start-up); ``hosts``: every rank's host id, for beats gathered
+        per host. False where the MPI cannot serve two threads: the caller
+        then sends heartbeats from its wait loops."""
         if not thread_level_ok():
             return False
-        self.liveness = Heartbeats(self.comm, scheduler, interval)
+        self.liveness = Heartbeats(self.comm, scheduler, interval, hosts)
         self.liveness.start()
         return True
 
