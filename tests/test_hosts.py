@@ -26,31 +26,39 @@ def hosts(tmp_path):
     sim.stop()
 
 
+def demo_across(hosts, out, act, *overrides: str, timeout: float = 180):
+    """The demo on 6 ranks across the hosts (2 servers, k = 1); ``act()``
+    once training is under way. Returns (exit code, output, act's result)."""
+    cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "6",
+                       *(f"--mpi-arg={a}" for a in hosts.launcher_args()),
+                       str(ROOT / "jobs" / "demo.toml"), "-o", f"job.output={out}",
+                       "-o", "layout.servers=2", "-o", "layout.replication=1",
+                       "-o", "job.progress_interval=0.5",
+                       *(a for o in overrides for a in ("-o", o)))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=mpi_env(), cwd=ROOT)
+    guard = threading.Timer(timeout + 30, proc.kill)
+    guard.start()
+    try:
+        seen = wait_for_output(proc, "train loss", timeout=90)
+        done = act()
+        rest, _ = proc.communicate(timeout=timeout)
+    finally:
+        guard.cancel()
+        proc.kill()
+    return proc.returncode, "".join(seen) + rest, done
+
+
 def test_a_lost_host_fails_the_job_with_exit_75_naming_it(hosts, tmp_path):
     """Killing a whole host (its ranks and its Open MPI daemon): the launcher
     then SIGTERMs the survivors. Before, the job took that for a preemption,
     wrote a checkpoint and exited 0, so nothing requeued it. Now: exit 75,
     one message naming the host."""
-    cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "6",
-                       *(f"--mpi-arg={a}" for a in hosts.launcher_args()),
-                       str(ROOT / "jobs" / "demo.toml"), "-o", f"job.output={tmp_path / 'run'}",
-                       "-o", "linear.epochs=500", "-o", "layout.servers=2",
-                       "-o", "layout.replication=1", "-o", "job.progress_interval=0.5")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=mpi_env(), cwd=ROOT)
-    guard = threading.Timer(150, proc.kill)
-    guard.start()
-    try:
-        seen = wait_for_output(proc, "train loss", timeout=90)
-        killed = hosts.kill_host("h3")
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        guard.cancel()
-        proc.kill()
-    out = "".join(seen) + rest
+    code, out, killed = demo_across(hosts, tmp_path / "run", lambda: hosts.kill_host("h3"),
+                                    "linear.epochs=500", timeout=120)
     assert killed, "no process on h3"
     assert "on 3 host(s)" in out, out[-3000:]
-    assert proc.returncode == 75, (proc.returncode, out[-8000:])
+    assert code == 75, (code, out[-8000:])
     # Open MPI tears the job down at once and exits 0, the ranks' last
     # words lost: mpips run reads the scheduler's status.json
     assert "SIGTERM after host h3 (all its ranks: [2, 5])" in out, out[-4000:]
@@ -80,25 +88,10 @@ def test_heartbeats_go_per_host_and_a_stopped_leader_costs_only_itself(hosts, tm
     import json
     import signal
     out = tmp_path / "run"
-    cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "6",
-                       *(f"--mpi-arg={a}" for a in hosts.launcher_args()),
-                       str(ROOT / "jobs" / "demo.toml"), "-o", f"job.output={out}",
-                       "-o", "linear.epochs=10", "-o", "layout.servers=2",
-                       "-o", "layout.replication=1", "-o", "transport.heartbeat_timeout=4",
-                       "-o", "job.progress_interval=0.5")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=mpi_env(), cwd=ROOT)
-    guard = threading.Timer(200, proc.kill)
-    guard.start()
-    try:
-        seen = wait_for_output(proc, "train loss", timeout=90)
-        os.kill(_rank_on(hosts, "h3", 2), signal.SIGSTOP)
-        rest, _ = proc.communicate(timeout=180)
-    finally:
-        guard.cancel()
-        proc.kill()
-    text = "".join(seen) + rest
-    assert proc.returncode == 0, text[-6000:]
+    code, text, _ = demo_across(hosts, out,
+                                lambda: os.kill(_rank_on(hosts, "h3", 2), signal.SIGSTOP),
+                                "linear.epochs=10", "transport.heartbeat_timeout=4")
+    assert code == 0, text[-6000:]
     assert "survived the loss of rank(s) [2]" in text, text[-6000:]
     layout = json.loads((out / "layout.json").read_text())
     assert [r["host"] for r in layout["ranks"]] == [0, 1, 2, 0, 1, 2]

@@ -164,11 +164,7 @@ class Heartbeats:
                 self.comm.Recv([byte, MPI.BYTE], source, TAG_BEAT)
                 self.last_heard[source] = time.monotonic()
             except MPI.Exception as e:
-                if e.Get_error_class() not in _FAILED:
-                    return
-                try:
-                    self.comm.Ack_failed()  # a member died: go on with the others
-                except MPI.Exception:
+                if not self._go_on_after(e):
                     return
                 pending = None
                 self._stop.wait(idle)
@@ -198,10 +194,18 @@ class Heartbeats:
                 self.last_heard[source] = now
                 self.received[source] = self.received.get(source, 0) + 1
             except MPI.Exception as e:
-                if e.Get_error_class() not in _FAILED:
-                    return
-                try:
-                    self.comm.Ack_failed()  # a dead rank: go on hearing the others
-                except MPI.Exception:
+                if not self._go_on_after(e):
                     return
                 self._stop.wait(idle)
+
+    def _go_on_after(self, error: MPI.Exception) -> bool:
+        """Whether a receiving thread goes on after ``error``: yes when a
+        rank it hears from failed (acknowledged, so that its probes go on
+        hearing the others), no for anything else."""
+        if error.Get_error_class() not in _FAILED:
+            return False
+        try:
+            self.comm.Ack_failed()
+        except MPI.Exception:
+            return False
+        return True
