@@ -47,10 +47,15 @@ class KeyRing:
     are taken in a preference order from the home: the successors on the
     ring, one per host at a time (``hosts``: the host id of each server), so
     that the owner and its replicas sit on k + 1 different hosts whenever
-    the servers span that many. The owner is the first live server of that
-    order, its replicas the next k live ones. When an owner dies, the next
-    live one, which holds a replica, becomes the owner: failover is a status
-    change. With one host the order is the plain ring order.
+    the servers span that many. With no server dead, the owner is the first
+    server of that order, its replicas the next k. Deaths are applied in the
+    order they happened (``deaths``, as the scheduler broadcasts them): a
+    dead holder leaves the list, the first holder left (which has a copy)
+    owns the range, so failover is a status change, and the list is filled
+    up again from the preference order with a live server of a host the
+    holders do not use yet (any live server if none is left): replicas stay
+    off their owner's host, after any number of failures, while the live
+    servers span k + 1 hosts. With one host the order is the plain ring order.
     """
 
     servers: int
@@ -59,6 +64,7 @@ class KeyRing:
     version: int = 0
     dead: frozenset[int] = frozenset()
     hosts: tuple[int, ...] = ()  # host id of each server; () = all on one host
+    deaths: tuple[int, ...] = ()  # the dead servers in the order they died
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     owners: np.ndarray = field(init=False, repr=False, compare=False)
     _holders: np.ndarray = field(init=False, repr=False, compare=False)
@@ -72,6 +78,12 @@ class KeyRing:
             raise ValueError(
                 f"replication k={self.replication} needs k < servers={self.servers}"
             )
+        if not self.deaths and self.dead:  # dead given alone: a canonical order
+            object.__setattr__(self, "deaths", tuple(sorted(self.dead)))
+        if set(self.deaths) != set(self.dead):
+            object.__setattr__(self, "dead", frozenset(self.deaths) | self.dead)
+            object.__setattr__(self, "deaths", tuple(dict.fromkeys(
+                [*self.deaths, *sorted(self.dead - set(self.deaths))])))
         if len(self.dead) >= self.servers:
             raise RingError("every server of the ring is dead")
         if self.hosts and len(self.hosts) != self.servers:
@@ -109,24 +121,55 @@ class KeyRing:
                     break  # every host with a server left in this round has given one
 
     def _holders_by_home(self) -> np.ndarray:
-        """For each home server, its first k + 1 live servers in preference
-        order (owner first; -1 where fewer are alive)."""
+        """For each home server, its holders (owner first; -1 where fewer
+        are alive): the first k + 1 servers in preference order, then each
+        death in turn (see the class)."""
         S, want = self.servers, self.replication + 1
         per_host = np.bincount(np.asarray(self.hosts, np.int64)) if self.hosts else \
             np.zeros(0, np.int64)
         per_host = per_host[per_host > 0]
         hosts_in_round = [int((per_host > j).sum()) for j in range(int(per_host.max(initial=0)))]
-        out = np.full((S, want), -1, np.int64)
-        dead = self.dead
+        rows: list[list[int]] = []
         for home in range(S):
-            row, n = out[home], 0
+            row = []
             for s in self._preference(home, hosts_in_round):
-                if s not in dead:
-                    row[n] = s
-                    n += 1
-                    if n == want:
-                        break
+                row.append(s)
+                if len(row) == want:
+                    break
+            rows.append(row)
+        gone: set[int] = set()
+        for d in self.deaths:
+            gone.add(d)
+            for home, row in enumerate(rows):
+                if d in row:
+                    row.remove(d)
+                    rows[home] = self._refill(home, row, gone, want, hosts_in_round)
+        out = np.full((S, want), -1, np.int64)
+        for home, row in enumerate(rows):
+            out[home, :len(row)] = row
         return out
+
+    def _refill(self, home: int, row: list[int], gone: set[int], want: int,
+                hosts_in_round: list[int]) -> list[int]:
+        """``row`` filled up to ``want`` live servers from ``home``'s
+        preference order, each from a host the row does not use yet where
+        one is left, else the next live one."""
+        while len(row) < want:
+            used = {self.hosts[s] for s in row} if self.hosts else set()
+            fallback = None
+            for s in self._preference(home, hosts_in_round):
+                if s in gone or s in row:
+                    continue
+                if not self.hosts or self.hosts[s] not in used:
+                    row.append(s)
+                    break
+                if fallback is None:
+                    fallback = s
+            else:
+                if fallback is None:
+                    break  # fewer live servers than copies
+                row.append(fallback)
+        return row
 
     @property
     def hosts_of_copies(self) -> int:
@@ -139,11 +182,14 @@ class KeyRing:
 
     def without(self, server: int) -> KeyRing:
         """The ring after ``server`` died: its ranges move to live successors."""
-        return replace(self, version=self.version + 1, dead=self.dead | {server})
+        return replace(self, version=self.version + 1, dead=self.dead | {server},
+                       deaths=(*self.deaths, server))
 
-    def without_all(self, dead: list[int], version: int) -> KeyRing:
-        """The ring with ``dead`` servers gone, at ``version`` (as broadcast)."""
-        return replace(self, version=version, dead=frozenset(dead))
+    def without_all(self, deaths: list[int], version: int) -> KeyRing:
+        """The ring with ``deaths`` gone, in that order, at ``version`` (as
+        the scheduler broadcasts it: a rank that missed a version gets the
+        same ring)."""
+        return replace(self, version=version, dead=frozenset(deaths), deaths=tuple(deaths))
 
     @property
     def num_ranges(self) -> int:

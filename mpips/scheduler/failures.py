@@ -159,7 +159,7 @@ class Failover:
         if lost:
             raise JobFailed(f"{who} died with the last copy of range(s) {lost}")
         po.set_ring(ring)
-        dead = Message.jmeta(sorted(ring.dead))
+        dead = Message.jmeta(list(ring.deaths))  # in order: holders depend on it
         for r in range(1, po.van.size):
             if r not in po.van.dead:
                 po.send(r, Message(op=Op.RING, aux=ring.version, meta=dead))
