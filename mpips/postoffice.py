@@ -26,6 +26,7 @@ from .layout import SCHEDULER, SERVER, WORKER, Layout, make_layout
 from .ring import KeyRing
 from .status import write_status
 from .transport import Message, Op
+from .transport.hosts import HostTree
 
 if TYPE_CHECKING:
     from .transport import Van
@@ -121,6 +122,8 @@ class Postoffice:
         # the MPI cannot serve two threads, from the wait loops (heartbeat())
         self.beats_from_thread = self.van.start_liveness(
             self.layout.scheduler, self.heartbeat_interval, list(self.layout.hosts))
+        # ring changes come down the host tree: leaders relay them
+        self.host_tree = HostTree(list(self.layout.hosts), self.layout.scheduler)
         self.on_command(END_RANK, self._end_rank)
 
     # ---- identity ------------------------------------------------------------
@@ -285,6 +288,11 @@ class Postoffice:
                 self._workers_dead_at_barrier = set(msg.json())
             return
         if msg.op == Op.RING and not self.is_scheduler:
+            if msg.aux <= self.ring.version:
+                return  # sent again (its relay died) or relayed late: had it
+            for member in self.host_tree.reported_by(self.rank):  # a leader relays
+                if member not in self.van.dead:
+                    self.send(member, Message(op=Op.RING, aux=msg.aux, meta=msg.meta))
             self.set_ring(self.ring.without_all(msg.json(), msg.aux))
             return
         if msg.op == Op.PEER_FAILED and not self.is_scheduler:
@@ -299,6 +307,17 @@ class Postoffice:
             raise RuntimeError(f"{self.who} got an unexpected message {Op(msg.op).name} "
                                f"from rank {msg.sender}")
         handler(msg)
+
+    def broadcast_ring(self, ranks: list[int] | None = None) -> int:
+        """The scheduler: send the current ring down the host tree (to
+        ``ranks`` themselves, if given); returns the messages it sent."""
+        ring = self.ring
+        meta = Message.jmeta(list(ring.deaths))  # in order: holders depend on it
+        targets = self.host_tree.direct(self.van.dead) if ranks is None else ranks
+        for r in targets:
+            if r not in self.van.dead:
+                self.send(r, Message(op=Op.RING, aux=ring.version, meta=meta))
+        return len(targets)
 
     def set_ring(self, ring: KeyRing) -> None:
         old, self.ring = self.ring, ring

@@ -82,20 +82,34 @@ def test_heartbeats_go_per_host_and_a_stopped_leader_costs_only_itself(hosts, tm
     """Ranks dealt one per host in turn (h1: 0, 3; h2: 1, 4; h3: 2, 5): ranks 4
     and 5 beat to their host's leader (1, 2), which reports them to the
     scheduler, so the scheduler hears from 1, 2 and 3 alone. SIGSTOP the
-    leader of h3 (rank 2, a server): it is taken for gone and ended, and the
-    rank it reported for (5) goes on beating to the scheduler: the job
-    survives the loss of rank 2 alone."""
+    leader that is a server: it is taken for gone and ended, and the rank it
+    reported for goes on beating to the scheduler: the job survives the loss
+    of the leader alone. The ring change comes down the same tree: the
+    scheduler sends it to the other leader (which passes it on), to rank 3
+    and to the stopped leader's rank."""
     import json
     import signal
     out = tmp_path / "run"
-    code, text, _ = demo_across(hosts, out,
-                                lambda: os.kill(_rank_on(hosts, "h3", 2), signal.SIGSTOP),
-                                "linear.epochs=10", "transport.heartbeat_timeout=4")
+    victim: list[int] = []
+
+    def stop_the_server_leader() -> None:
+        roles = [r["role"] for r in json.loads((out / "layout.json").read_text())["ranks"]]
+        victim.append(next(r for r in (1, 2) if roles[r] == "server"))
+        os.kill(_rank_on(hosts, f"h{victim[0] + 1}", victim[0]), signal.SIGSTOP)
+
+    code, text, _ = demo_across(hosts, out, stop_the_server_leader, "linear.epochs=10",
+                                "transport.heartbeat_timeout=4")
+    (leader,) = victim
+    member, other = leader + 3, 3 - leader
     assert code == 0, text[-6000:]
-    assert "survived the loss of rank(s) [2]" in text, text[-6000:]
+    assert f"survived the loss of rank(s) [{leader}]" in text, text[-6000:]
     layout = json.loads((out / "layout.json").read_text())
     assert [r["host"] for r in layout["ranks"]] == [0, 1, 2, 0, 1, 2]
-    (beats,) = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()
-                if '"heartbeats"' in line]
-    # rank 5 beat to the scheduler once its leader was gone; rank 4 never did
-    assert 4 not in beats["senders"] and {1, 3, 5} <= set(beats["senders"]), beats
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    (beats,) = [e for e in events if e["event"] == "heartbeats"]
+    # the stopped leader's rank beat to the scheduler once it was gone; the
+    # other leader's rank never did
+    assert other + 3 not in beats["senders"], beats
+    assert {other, 3, member} <= set(beats["senders"]), beats
+    (ring,) = [e for e in events if e["event"] == "ring"]
+    assert ring["sent"] == 3, ring  # 4 live ranks had it: the job ended well

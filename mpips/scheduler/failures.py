@@ -113,6 +113,9 @@ class Failover:
         who = f"rank {rank} ({self.po.layout.describe(rank)})"
         self.failed_at[rank] = time.monotonic()
         self._grace_for_reported(rank, self.failed_at[rank])
+        if self.po.ring.version and self.po.host_tree.reported_by(rank):
+            # a leader may have died before it relayed the last ring change
+            self.po.broadcast_ring(self.sched.live(self.po.host_tree.reported_by(rank)))
         self.po.event("detected", failed=rank, role=role)
         print(f"mpips: {who} failed", flush=True)
         if role == WORKER:
@@ -159,12 +162,10 @@ class Failover:
         if lost:
             raise JobFailed(f"{who} died with the last copy of range(s) {lost}")
         po.set_ring(ring)
-        dead = Message.jmeta(list(ring.deaths))  # in order: holders depend on it
-        for r in range(1, po.van.size):
-            if r not in po.van.dead:
-                po.send(r, Message(op=Op.RING, aux=ring.version, meta=dead))
+        sent = po.broadcast_ring()  # down the host tree: O(hosts) sends here
         self.repairing = set(self.sched.live(po.layout.servers))
-        po.event("ring", ring_version=ring.version, dead_servers=sorted(ring.dead))
+        po.event("ring", ring_version=ring.version, dead_servers=sorted(ring.dead),
+                 sent=sent)
         print(f"mpips: ring version {ring.version}: the ranges of {who} moved to their "
               "first live successors", flush=True)
 

@@ -20,7 +20,7 @@ Beats are gathered per host, so that the scheduler hears O(hosts) messages
 per interval, not O(ranks): on each host but the scheduler's, the lowest rank
 is the host's leader; the other ranks of that host beat to it, and it sends
 the scheduler one report per interval, how long ago it heard each of them
-(:class:`HostBeats`). Ranks of the scheduler's host beat to it directly. A
+(:class:`mpips.transport.hosts.HostTree`). Ranks of the scheduler's host beat to it directly. A
 leader that fails is left for the scheduler: its ranks beat to the scheduler
 from then on (on the first failed send, or when the van learns of the
 failure), and the scheduler gives them a full timeout more before it takes
@@ -35,6 +35,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from .hosts import HostTree
+
 TAG_BEAT = 11
 TAG_HOST = 12  # a leader's report: float32 seconds since it heard each of its host's ranks
 _FAILED = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
@@ -43,36 +45,6 @@ _FAILED = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING
 
 def thread_level_ok() -> bool:
     return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
-
-
-class HostBeats:
-    """Who beats to whom: the leader of each host (its lowest rank; the
-    scheduler on its own host) and the ranks it reports for. A pure function
-    of the ranks' host ids, so every rank computes the same."""
-
-    def __init__(self, hosts: list[int], scheduler: int):
-        self.scheduler = scheduler
-        by_host: dict[int, list[int]] = {}
-        for rank, host in enumerate(hosts):
-            if rank != scheduler:
-                by_host.setdefault(host, []).append(rank)
-        self.leader_of: dict[int, int] = {}   # rank -> the rank it beats to
-        self.members: dict[int, list[int]] = {}  # leader -> ranks it reports for
-        for host, ranks in by_host.items():
-            head = scheduler if host == hosts[scheduler] else ranks[0]
-            members = [r for r in ranks if r != head]
-            self.members[head] = members
-            for r in members:
-                self.leader_of[r] = head
-            if head != scheduler:
-                self.leader_of[head] = scheduler
-
-    def target(self, rank: int) -> int:
-        return self.leader_of.get(rank, self.scheduler)
-
-    def reported_by(self, leader: int) -> list[int]:
-        """The ranks ``leader`` (not the scheduler) reports for."""
-        return [] if leader == self.scheduler else self.members.get(leader, [])
 
 
 class Heartbeats:
@@ -87,7 +59,7 @@ class Heartbeats:
         self.rank = self.comm.Get_rank()
         self.scheduler = scheduler
         self.interval = interval
-        self.plan = HostBeats(hosts or [0] * self.comm.Get_size(), scheduler)
+        self.plan = HostTree(hosts or [0] * self.comm.Get_size(), scheduler)
         self.target = self.plan.target(self.rank)
         self.members = self.plan.reported_by(self.rank)
         self.last_heard: dict[int, float] = {}  # rank -> time.monotonic(): scheduler, leader
