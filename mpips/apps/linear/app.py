@@ -492,7 +492,7 @@ def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:
         tail.append(f"servers busy {busy:.2f} s of {serve:.2f} s serving "
                     f"({100 * busy / max(serve, 1e-9):.0f}%, {spent['servers_timed']} "
                     "server(s))")
-        if spent.get("server_requests"):
+        if spent.get("server_requests_by_position"):
             tail.append(f"{spent['server_requests_by_position']} of "
                         f"{spent['server_requests']} requests by key set position")
     if tail:
