@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def _validate(name: str, key: str, value: Any, where: str) -> Any:
         raise ConfigError(
             f"{where}: [{name}] {key} must be {_type_name(opt.kind)}, got {value!r}"
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML has inf and nan: a rate or a timeout of either trains nonsense
+        raise ConfigError(f"{where}: [{name}] {key} must be a finite number, got {value!r}")
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(
             f"{where}: [{name}] {key} = {value!r} is not one of "

@@ -84,3 +84,13 @@ def test_mpips_config_prints_a_job_file_of_every_default(tmp_path):
     assert one.returncode == 0, one.stderr
     sections = sorted(tomllib.loads(one.stdout))
     assert "sketch" in sections and "lda" not in sections and "linear" not in sections
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan"])
+def test_a_number_that_is_not_finite_is_refused_naming_the_key(tmp_path, text):
+    """TOML has inf and nan; a learning rate of either trained NaN weights
+    and ended "done"."""
+    job = tmp_path / "job.toml"
+    job.write_text(f"[linear]\nalpha = {text}\n")
+    with pytest.raises(config.ConfigError, match=r"job.toml: \[linear\] alpha must be a finite"):
+        config.load(str(job), [])
