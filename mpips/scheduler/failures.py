@@ -65,6 +65,8 @@ class Failover:
             seen = max(seen, heard.get(rank, 0.0))
             if rank in van.dead or now - seen < self.hb_timeout:
                 continue
+            if self._leader_late(rank, now, heard):
+                continue  # its news come through a leader that fell silent: that first
             who = f"rank {rank} ({self.po.layout.describe(rank)})"
             what = "its heartbeat thread" if self.po.beats_from_thread else "it"
             if not van.fault_tolerant:
@@ -76,6 +78,20 @@ class Failover:
             self._grace_for_reported(rank, now)
             print(f"mpips: {who} is silent: {what} sent nothing for {now - seen:.0f} s: "
                   f"taken for gone; {self._end(rank)}", flush=True)
+
+    def _leader_late(self, rank: int, now: float, heard: dict[int, float]) -> bool:
+        """Whether ``rank`` beats to a host leader that is alive but has not
+        reported for two intervals: the rank's silence may be the leader's
+        (a stopped leader's last report is older than its own last beat), so
+        the leader is judged first, and its ranks get a timeout more."""
+        liveness = self.po.van.liveness
+        if liveness is None:
+            return False
+        leader = liveness.plan.target(rank)
+        if leader == self.po.layout.scheduler or leader in self.po.van.dead:
+            return False
+        leader_seen = max(self.last_seen.get(leader, 0.0), heard.get(leader, 0.0))
+        return now - leader_seen > 2 * self.po.heartbeat_interval
 
     def _grace_for_reported(self, rank: int, now: float) -> None:
         """``rank`` led its host's heartbeats: the ranks it reported for beat
