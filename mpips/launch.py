@@ -38,6 +38,9 @@ from .status import ENDED_WELL, EXIT_PEERS_LOST, read_status, status_path
 DEFAULT_RANKS = 4
 FINAL = (*ENDED_WELL, "failed")
 FINAL_STATUS_WAIT = 3.0  # seconds a launcher that exited 0 waits for the job's last status
+# seconds the launcher may go on after the job said it ended: a rank frozen
+# for good (a hung host) holds Open MPI's launcher, whatever the job decided
+END_GRACE = 60.0
 # The package's parent folder: ranks of a source checkout (no pip install) import it too.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,6 +234,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpi-arg", action="append", default=[], metavar="ARG",
                    help="an extra launcher argument (repeatable), e.g. --mpi-arg=--hostfile=h")
     p.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
+    p.add_argument("--end-grace", type=float, default=END_GRACE, metavar="S",
+                   help=f"seconds the launcher may run on once the job said it ended, "
+                        f"before it is ended (frozen ranks hold it; default {END_GRACE:g})")
     p.add_argument("program", nargs=argparse.REMAINDER,
                    help="a job file (then: train JOB [-o ...] [--servers S] [--resume]) or "
                         "an mpips command and its arguments (bench kv ..., predict ...)")
@@ -271,7 +277,7 @@ def cmd_run(args: argparse.Namespace,
     if args.dry_run:
         return 0
     started = time.time()
-    code = supervise(launch)
+    code = supervise(launch, output, started, args.end_grace)
     return code if output is None else outcome(code, output, started)
 
 
@@ -302,9 +308,13 @@ def outcome(code: int, output: str, started: float) -> int:
     return code
 
 
-def supervise(launch: Launch) -> int:
+def supervise(launch: Launch, output: str | None = None, started: float = 0.0,
+              end_grace: float = END_GRACE) -> int:
     """Run the launch; the first Ctrl-C or SIGTERM asks for checkpoint and
-    stop, a second ends the job. Returns the job's exit status."""
+    stop, a second ends the job. A launcher still running ``end_grace`` s
+    after the job's ``status.json`` (in ``output``) said it ended is ended
+    (ranks frozen for good hold it); the job's own outcome then stands.
+    Returns the job's exit status."""
     asked = 0
     child: subprocess.Popen | None = None
 
@@ -339,10 +349,43 @@ def supervise(launch: Launch) -> int:
         child = subprocess.Popen(launch.cmd, env=env, start_new_session=True)
         if asked:
             act()
-        return child.wait()
+        if output is None:
+            return child.wait()
+        ended_at = None
+        while True:
+            try:
+                return child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            status = read_status(output, since=started) if ended_at is None else None
+            if status is not None and status["state"] in FINAL:
+                ended_at = time.monotonic()
+            if ended_at is not None and time.monotonic() - ended_at > end_grace:
+                print(f"mpips run: the job ended ({status_path(output)}), but the launcher "
+                      f"still runs {end_grace:g} s later: a rank is frozen (a hung "
+                      "process or host); ending the launcher", file=sys.stderr, flush=True)
+                _end_group(child)
+                child.wait()
+                state = read_status(output, since=started)
+                return 0 if state and state["state"] in ENDED_WELL else \
+                    int((state or {}).get("code", 1))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _end_group(child: subprocess.Popen) -> None:
+    """SIGTERM the launcher's process group, SIGKILL what is left 5 s later."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _send(child: subprocess.Popen, sig: signal.Signals) -> None:

@@ -212,3 +212,21 @@ def test_the_exit_status_comes_from_the_jobs_status_when_the_launcher_says_0(tmp
     write_status(tmp_path, "failed", code=75, message="host h3 lost")
     assert launch.outcome(0, str(tmp_path), started) == 75
     assert launch.outcome(0, str(tmp_path), time.time() + 10) == 75  # an older run's file
+
+
+@pytest.mark.parametrize("state,code", [("done", 0), ("failed", 3)])
+def test_a_launcher_held_by_a_frozen_rank_is_ended_after_the_job_ended(tmp_path, state, code):
+    """The job wrote its final status, but the launcher runs on (Open MPI's
+    waits for a rank frozen for good, on a hung host): --end-grace seconds
+    later mpips run ends it, and the job's own outcome stands. Here the
+    "launcher" writes the status and then hangs, as a frozen rank makes it."""
+    import time
+    out = tmp_path / "run"
+    program = (f"import json, os, time; os.makedirs({str(out)!r}, exist_ok=True); "
+               f"open({str(out / 'status.json')!r}, 'w').write(json.dumps("
+               f"{{'state': {state!r}, 'time': time.time(), 'code': {code}}})); "
+               "time.sleep(600)")
+    hung = launch.Launch([sys.executable, "-c", program], dict(mpi_env()))
+    t = time.monotonic()
+    got = launch.supervise(hung, str(out), time.time() - 1, end_grace=1.0)
+    assert got == code and time.monotonic() - t < 30
