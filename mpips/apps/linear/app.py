@@ -290,9 +290,14 @@ class LinearApp(App):
         rate = examples / max(elapsed, 1e-9)
         # the rates and loss of the interval since the last line; the test
         # metrics of the last scored round, with its epoch
+        ex_rate, key_rate = dex / dt, dkeys / dt
+        if not dex and examples >= total > 0:
+            # training is over (the job is scoring, or ending): the lines
+            # from here on give the whole job's rates, not an idle interval's 0
+            ex_rate, key_rate = rate, totals.get("keys", 0) / max(elapsed, 1e-9)
         fields: dict[str, Any] = {
             "epoch": round(examples / per_epoch, 3), "of": self.epochs,
-            "examples": int(examples), "examples_per_s": dex / dt, "keys_per_s": dkeys / dt,
+            "examples": int(examples), "examples_per_s": ex_rate, "keys_per_s": key_rate,
             "train_loss": loss if dex else None}
         if "test_auc" in totals:
             fields.update(test_auc=totals["test_auc"], test_accuracy=totals["test_accuracy"],
