@@ -125,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     program = ["train", str(DEMO_JOB), "-o", f"job.output={args.output}"]
     program += [a for o in _overrides(args) for a in ("-o", o)]
     run = argparse.Namespace(ranks=args.ranks, launcher="auto", no_ft=False, mpi_arg=[],
-                             dry_run=False, program=program)
+                             dry_run=False, program=program, end_grace=launch.END_GRACE)
     return launch.cmd_run(run, _check_program)
 
 
