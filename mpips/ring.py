@@ -124,29 +124,61 @@ class KeyRing:
         """For each home server, its holders (owner first; -1 where fewer
         are alive): the first k + 1 servers in preference order, then each
         death in turn (see the class)."""
-        S, want = self.servers, self.replication + 1
+        want = self.replication + 1
         per_host = np.bincount(np.asarray(self.hosts, np.int64)) if self.hosts else \
             np.zeros(0, np.int64)
         per_host = per_host[per_host > 0]
         hosts_in_round = [int((per_host > j).sum()) for j in range(int(per_host.max(initial=0)))]
-        rows: list[list[int]] = []
-        for home in range(S):
-            row = []
-            for s in self._preference(home, hosts_in_round):
-                row.append(s)
-                if len(row) == want:
-                    break
-            rows.append(row)
+        out = self._first_holders(want, hosts_in_round)
         gone: set[int] = set()
         for d in self.deaths:
             gone.add(d)
-            for home, row in enumerate(rows):
-                if d in row:
-                    row.remove(d)
-                    rows[home] = self._refill(home, row, gone, want, hosts_in_round)
+            for home in np.flatnonzero((out == d).any(axis=1)).tolist():
+                row = [int(s) for s in out[home] if s >= 0 and s != d]
+                row = self._refill(home, row, gone, want, hosts_in_round)
+                out[home] = -1
+                out[home, :len(row)] = row
+        return out
+
+    def _first_holders(self, want: int, hosts_in_round: list[int]) -> np.ndarray:
+        """The first ``want`` servers of every home's preference order, all
+        homes at once: each step looks one server further along the ring for
+        every home still short of holders (the walks are a few steps long:
+        until the round has met enough hosts)."""
+        S = self.servers
+        homes = np.arange(S, dtype=np.int64)
+        if not hosts_in_round or hosts_in_round[0] <= 1:  # one host: plain ring order
+            return (homes[:, None] + np.arange(want)) % S
+        hosts = np.asarray(self.hosts, np.int64)
+        needed = np.asarray(hosts_in_round, np.int64)
         out = np.full((S, want), -1, np.int64)
-        for home, row in enumerate(rows):
-            out[home, :len(row)] = row
+        count = np.zeros(S, np.int64)        # holders found
+        step = np.zeros(S, np.int64)         # how far along the ring this round
+        rnd = np.zeros(S, np.int64)          # the round (one server per host each)
+        round_start = np.zeros(S, np.int64)  # the first holder found in this round
+        used_round = np.zeros(S, np.int64)   # hosts met in this round
+        cols = np.arange(want)
+        active = homes
+        while active.size:
+            cand = (active + step[active]) % S
+            picks = out[active]
+            taken = (picks == cand[:, None]).any(axis=1)
+            in_round = (cols >= round_start[active, None]) & (picks >= 0)
+            host_used = (in_round & (hosts[np.maximum(picks, 0)] == hosts[cand][:, None])
+                         ).any(axis=1)
+            ok = ~taken & ~host_used
+            rows = active[ok]
+            out[rows, count[rows]] = cand[ok]
+            count[rows] += 1
+            used_round[rows] += 1
+            step[active[~ok]] += 1
+            ended = rows[used_round[rows] == needed[rnd[rows]]]
+            step[rows] += 1
+            step[ended] = 0
+            rnd[ended] += 1
+            used_round[ended] = 0
+            round_start[ended] = count[ended]
+            active = active[count[active] < want]
         return out
 
     def _refill(self, home: int, row: list[int], gone: set[int], want: int,
