@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..layout import SERVER, WORKER
 from ..postoffice import END_RANK, Command
 from ..ring import RingError
@@ -42,7 +44,10 @@ class Failover:
         self.sched, self.po = sched, sched.po
         po = self.po
         self.hb_timeout = po.cfg.transport.heartbeat_timeout
-        self.last_seen = {r: time.monotonic() for r in range(1, po.van.size)}
+        # time.monotonic() each rank last sent the scheduler anything (the
+        # scheduler's own entry never expires)
+        self.last_seen = np.full(po.van.size, time.monotonic())
+        self.last_seen[po.layout.scheduler] = np.inf
         self.repairing: set[int] = set()
         self.failed_at: dict[int, float] = {}  # rank -> time.monotonic() of detection
         self._last_check = 0.0
@@ -52,17 +57,26 @@ class Failover:
         po.observers.append(self._seen)
 
     def _seen(self, msg: Message) -> None:
-        if msg.sender in self.last_seen:
+        if msg.sender != self.po.layout.scheduler:
             self.last_seen[msg.sender] = time.monotonic()
+
+    def heard(self) -> np.ndarray:
+        """When each rank was last heard: its messages, its beats, its
+        leader's reports."""
+        liveness = self.po.van.liveness
+        if liveness is None:
+            return self.last_seen
+        return np.maximum(self.last_seen, liveness.heard.at)
 
     def check_heartbeats(self, now: float) -> None:
         if now - self._last_check < 0.1:
             return
         self._last_check = now
         van = self.po.van
-        heard = van.liveness.last_heard if van.liveness is not None else {}
-        for rank, seen in self.last_seen.items():
-            seen = max(seen, heard.get(rank, 0.0))
+        heard = self.heard()
+        for rank in np.flatnonzero(now - heard >= self.hb_timeout).tolist():
+            # read again: a leader taken for gone in this pass gave its ranks grace
+            seen = max(heard[rank], self.last_seen[rank])
             if rank in van.dead or now - seen < self.hb_timeout:
                 continue
             if self._leader_late(rank, now, heard):
@@ -79,7 +93,7 @@ class Failover:
             print(f"mpips: {who} is silent: {what} sent nothing for {now - seen:.0f} s: "
                   f"taken for gone; {self._end(rank)}", flush=True)
 
-    def _leader_late(self, rank: int, now: float, heard: dict[int, float]) -> bool:
+    def _leader_late(self, rank: int, now: float, heard: np.ndarray) -> bool:
         """Whether ``rank`` beats to a host leader that is alive but has not
         reported for two intervals: the rank's silence may be the leader's
         (a stopped leader's last report is older than its own last beat), so
@@ -90,8 +104,7 @@ class Failover:
         leader = liveness.plan.target(rank)
         if leader == self.po.layout.scheduler or leader in self.po.van.dead:
             return False
-        leader_seen = max(self.last_seen.get(leader, 0.0), heard.get(leader, 0.0))
-        return now - leader_seen > 2 * self.po.heartbeat_interval
+        return now - heard[leader] > 2 * self.po.heartbeat_interval
 
     def _grace_for_reported(self, rank: int, now: float) -> None:
         """``rank`` led its host's heartbeats: the ranks it reported for beat
@@ -100,9 +113,8 @@ class Failover:
         liveness = self.po.van.liveness
         if liveness is None:
             return
-        for r in liveness.plan.reported_by(rank):
-            if r in self.last_seen:
-                self.last_seen[r] = max(self.last_seen[r], now)
+        members = liveness.plan.reported_by(rank)
+        self.last_seen[members] = np.maximum(self.last_seen[members], now)
 
     def _end(self, rank: int) -> str:
         """End a rank taken for gone, so that no survivor's shutdown waits for
@@ -129,9 +141,12 @@ class Failover:
         who = f"rank {rank} ({self.po.layout.describe(rank)})"
         self.failed_at[rank] = time.monotonic()
         self._grace_for_reported(rank, self.failed_at[rank])
-        if self.po.ring.version and self.po.host_tree.reported_by(rank):
+        if self.po.host_tree.reported_by(rank):
             # a leader may have died before it relayed the last ring change
-            self.po.broadcast_ring(self.sched.live(self.po.host_tree.reported_by(rank)))
+            # or barrier release
+            if self.po.ring.version:
+                self.po.broadcast_ring(self.sched.live(self.po.host_tree.reported_by(rank)))
+            self.sched.releases_lost_with(rank)
         self.po.event("detected", failed=rank, role=role)
         print(f"mpips: {who} failed", flush=True)
         if role == WORKER:

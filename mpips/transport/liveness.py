@@ -35,7 +35,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .hosts import HostTree
+from .hosts import HeardTable, HostTree
 
 TAG_BEAT = 11
 TAG_HOST = 12  # a leader's report: float32 seconds since it heard each of its host's ranks
@@ -50,8 +50,7 @@ def thread_level_ok() -> bool:
 class Heartbeats:
     """One rank's side: beats to its host's leader (or the scheduler), a
     leader's reports, or (on the scheduler) the record of when each rank was
-    last heard (:attr:`last_heard`) and how many messages brought it
-    (:attr:`received`, by sender)."""
+    last heard and how many messages brought it (:attr:`heard`)."""
 
     def __init__(self, comm: MPI.Comm, scheduler: int, interval: float,
                  hosts: list[int] | None = None):
@@ -62,8 +61,7 @@ class Heartbeats:
         self.plan = HostTree(hosts or [0] * self.comm.Get_size(), scheduler)
         self.target = self.plan.target(self.rank)
         self.members = self.plan.reported_by(self.rank)
-        self.last_heard: dict[int, float] = {}  # rank -> time.monotonic(): scheduler, leader
-        self.received: dict[int, int] = {}  # scheduler: messages per sender
+        self.heard = HeardTable(self.plan, self.comm.Get_size())  # scheduler, leaders
         self.beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,7 +113,7 @@ class Heartbeats:
         beat once an interval."""
         status = MPI.Status()
         byte = np.empty(1, dtype=np.uint8)
-        ages = np.empty(len(self.members), dtype=np.float32)
+        members = np.asarray(self.members, np.int64)
         idle = min(0.05, self.interval / 4)
         pending: MPI.Request | None = None
         next_report = 0.0
@@ -123,9 +121,7 @@ class Heartbeats:
             try:
                 now = time.monotonic()
                 if now >= next_report and (pending is None or pending.Test()):
-                    for i, r in enumerate(self.members):
-                        seen = self.last_heard.get(r)
-                        ages[i] = -1.0 if seen is None else now - seen
+                    ages = self.heard.ages(members, now)
                     pending = self.comm.Isend([ages, MPI.FLOAT], self.scheduler, TAG_HOST)
                     self.beats += 1
                     next_report = now + self.interval
@@ -134,7 +130,7 @@ class Heartbeats:
                     continue
                 source = status.Get_source()
                 self.comm.Recv([byte, MPI.BYTE], source, TAG_BEAT)
-                self.last_heard[source] = time.monotonic()
+                self.heard.beat(source, time.monotonic())
             except MPI.Exception as e:
                 if not self._go_on_after(e):
                     return
@@ -157,14 +153,10 @@ class Heartbeats:
                 if tag == TAG_HOST:
                     ages = np.empty(status.Get_count(MPI.FLOAT), dtype=np.float32)
                     self.comm.Recv([ages, MPI.FLOAT], source, TAG_HOST)
-                    for r, age in zip(self.plan.reported_by(source), ages.tolist(),
-                                      strict=False):
-                        if age >= 0:
-                            self.last_heard[r] = max(self.last_heard.get(r, 0.0), now - age)
+                    self.heard.report(source, ages, now)
                 else:
                     self.comm.Recv([byte, MPI.BYTE], source, tag)
-                self.last_heard[source] = now
-                self.received[source] = self.received.get(source, 0) + 1
+                self.heard.beat(source, now)
             except MPI.Exception as e:
                 if not self._go_on_after(e):
                     return
