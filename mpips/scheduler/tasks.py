@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import consistency
@@ -20,7 +21,7 @@ class TaskDesk:
         self.sched, self.po = sched, sched.po
         po = self.po
         self.queue = sched.app.work_queue()
-        self.waiting: list[int] = []  # workers that asked and got nothing yet
+        self.waiting: deque[int] = deque()  # workers that asked and got nothing yet
         if self.queue is not None:
             self.queue.bind(po.layout.workers)
         self.clock = None if self.queue is None else consistency.TaskClock(
@@ -47,20 +48,31 @@ class TaskDesk:
             self.sched.checkpoints.maybe_checkpoint()
             return
         # A done report may open the next epoch for workers already waiting.
-        still = []
-        for w in self.sched.live(self.waiting):
-            ts = self.clock.candidate(self.queue, w)
-            if ts is not None and not self.clock.ready(ts):
-                still.append(w)  # the policy holds it: dependencies not finished
-                continue
-            task = self.queue.next(w)
-            if task is None and not self.queue.finished:
-                still.append(w)  # epoch barrier: answer once the epoch is done
-                continue
-            meta = b"" if task is None else Message.jmeta(
-                self.queue.describe(task) | self.clock.start(ts, w))
-            self.po.send(w, Message(op=Op.TASK, meta=meta))
-        self.waiting = still
+        dead = self.po.van.dead
+        if self.queue.everyone:  # each worker's next task is its own: ask for each
+            self.waiting = deque(w for w in self.waiting if w not in dead and not self._serve(w))
+            return
+        # One next task for all: the first worker it cannot be given to
+        # holds the rest, so a request costs O(1), not O(waiting workers).
+        while self.waiting:
+            w = self.waiting[0]
+            if w not in dead and not self._serve(w):
+                return
+            self.waiting.popleft()
+
+    def _serve(self, w: int) -> bool:
+        """Send ``w`` its next task (or the end), if the policy and the queue
+        let it start now."""
+        ts = self.clock.candidate(self.queue, w)
+        if ts is not None and not self.clock.ready(ts):
+            return False  # the policy holds it: dependencies not finished
+        task = self.queue.next(w)
+        if task is None and not self.queue.finished:
+            return False  # epoch barrier: answer once the epoch is done
+        meta = b"" if task is None else Message.jmeta(
+            self.queue.describe(task) | self.clock.start(ts, w))
+        self.po.send(w, Message(op=Op.TASK, meta=meta))
+        return True
 
     def worker_lost(self, rank: int, who: str) -> None:
         """A dead worker's unfinished tasks go back to the queue."""
