@@ -275,23 +275,21 @@ def parser() -> argparse.ArgumentParser:
     fb.set_defaults(func=lambda args: __import__("mpips.bench.filters", fromlist=["x"])
                     .cli_main(args))
     from .bench import path as bench_path
-    pa = bsub.add_parser("path", help="where the time of one request goes, stage by stage "
-                         "(no MPI)", description=bench_path.__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_path.add_arguments(pa)
-    pa.set_defaults(func=bench_path.run)
     from .bench import peers as bench_peers
-    pe = bsub.add_parser("peers", help="mpips, Vowpal Wabbit and scikit-learn on the same "
-                         "data, interleaved: time to a test AUC (runs its own mpiexec)",
-                         description=bench_peers.__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_peers.add_arguments(pe)
-    pe.set_defaults(func=bench_peers.run)
+    from .bench import scheduler as bench_scheduler
     from .bench import store as bench_store
-    st = bsub.add_parser("store", help="one server's storage alone: inserts, lookups, "
-                         "bytes per parameter (no MPI)", description=bench_store.__doc__)
-    bench_store.add_arguments(st)
-    st.set_defaults(func=bench_store.run)
+    for name, module, text in (
+            ("path", bench_path, "where the time of one request goes, stage by stage (no MPI)"),
+            ("peers", bench_peers, "mpips, Vowpal Wabbit and scikit-learn on the same data, "
+             "interleaved: time to a test AUC (runs its own mpiexec)"),
+            ("scheduler", bench_scheduler, "the scheduler's barriers, tasks, heartbeats and "
+             "ring changes at 100-10000 simulated ranks (no MPI)"),
+            ("store", bench_store, "one server's storage alone: inserts, lookups, bytes per "
+             "parameter (no MPI)")):
+        one = bsub.add_parser(name, help=text, description=module.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(one)
+        one.set_defaults(func=module.run)
     fo = bsub.add_parser("failover", help="kill a server mid-run, time detection, failover "
                          "and repair",
                          description="Example: mpiexec --with-ft ulfm -n 6 python -m mpips "

@@ -47,6 +47,7 @@ class Command:
 
 
 ALL, WORKERS = 0, 1  # barrier groups
+ABORT_JOB = 1  # ABORT flag: the whole job ends (host leaders pass it on); 0: this rank
 END_RANK = "mpips.end_rank"  # command: SIGKILL a rank of this host taken for gone
 # command to the scheduler: this worker's progress counters at the checkpoint
 # the job resumed from
@@ -278,21 +279,24 @@ class Postoffice:
         for observe in self.observers:
             observe(msg)
         if msg.op == Op.ABORT:
+            if msg.flags & ABORT_JOB:  # a leader passes it to its host's ranks
+                self._relay(msg, lambda r: r != msg.sender)
             # the failing rank's exit code, for every rank
             raise JobAborted(msg.aux or 1, msg.meta.decode(errors="replace"))
         if msg.op == Op.PREEMPT:
             raise JobPreempted()
         if msg.op == Op.RELEASE:
-            self._barrier_passed.add((msg.flags, msg.aux))
+            key = (msg.flags, msg.aux)
+            if key not in self._barrier_passed:  # a leader passes it on, once
+                self._relay(msg, self.barrier_member(msg.flags))
+            self._barrier_passed.add(key)
             if msg.flags == WORKERS and msg.meta:
                 self._workers_dead_at_barrier = set(msg.json())
             return
         if msg.op == Op.RING and not self.is_scheduler:
             if msg.aux <= self.ring.version:
                 return  # sent again (its relay died) or relayed late: had it
-            for member in self.host_tree.reported_by(self.rank):  # a leader relays
-                if member not in self.van.dead:
-                    self.send(member, Message(op=Op.RING, aux=msg.aux, meta=msg.meta))
+            self._relay(msg)
             self.set_ring(self.ring.without_all(msg.json(), msg.aux))
             return
         if msg.op == Op.PEER_FAILED and not self.is_scheduler:
@@ -307,6 +311,20 @@ class Postoffice:
             raise RuntimeError(f"{self.who} got an unexpected message {Op(msg.op).name} "
                                f"from rank {msg.sender}")
         handler(msg)
+
+    def _relay(self, msg: Message, to: Callable[[int], bool] = lambda r: True) -> None:
+        """A host leader: pass a broadcast (ring change, barrier release,
+        abort) to the live ranks it leads that ``to`` accepts."""
+        for member in self.host_tree.reported_by(self.rank):
+            if member not in self.van.dead and to(member):
+                self.send(member, Message(op=msg.op, flags=msg.flags, aux=msg.aux,
+                                          meta=msg.meta))
+
+    def barrier_member(self, group: int) -> Callable[[int], bool]:
+        """Whether a rank takes part in barriers of ``group``."""
+        if group == ALL:
+            return lambda r: r != self.layout.scheduler
+        return lambda r: self.layout.role(r) == WORKER
 
     def broadcast_ring(self, ranks: list[int] | None = None) -> int:
         """The scheduler: send the current ring down the host tree (to
@@ -447,5 +465,17 @@ class Postoffice:
         if os.environ.get("MPIPS_TRACEBACK"):
             traceback.print_exc()
         print(text, file=sys.stderr, flush=True)
-        self.van.abort_all(text, code)
+        self.abort_job(text, code)
         self.van.finalize_and_exit(code)
+
+    def abort_job(self, text: str, code: int) -> None:
+        """Tell every other rank the job failed: ``text``, and the exit code
+        they are to leave with. Down the host tree: the scheduler, the host
+        leaders, this host's ranks if this rank leads it, and the ranks of
+        dead leaders; the leaders pass it on. Were a leader stopped, its
+        ranks would still learn of the end: the failing rank's exit is a
+        failure MPI reports, and the scheduler's too."""
+        tree, dead = self.host_tree, self.van.dead
+        targets = {self.layout.scheduler, *tree.direct(dead), *tree.reported_by(self.rank)}
+        targets.discard(self.rank)
+        self.van.abort_all(text, code, ranks=sorted(targets - dead), flags=ABORT_JOB)

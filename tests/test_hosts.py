@@ -26,12 +26,13 @@ def hosts(tmp_path):
     sim.stop()
 
 
-def demo_across(hosts, out, act, *overrides: str, timeout: float = 180):
-    """The demo on 6 ranks across the hosts (2 servers, k = 1); ``act()``
-    once training is under way. Returns (exit code, output, act's result)."""
+def demo_across(hosts, out, act, *overrides: str, timeout: float = 180, job: str = "demo.toml"):
+    """The demo (or ``job``) on 6 ranks across the hosts (2 servers, k = 1);
+    ``act()`` once training is under way. Returns (exit code, output, act's
+    result)."""
     cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "6",
                        *(f"--mpi-arg={a}" for a in hosts.launcher_args()),
-                       str(ROOT / "jobs" / "demo.toml"), "-o", f"job.output={out}",
+                       str(ROOT / "jobs" / job), "-o", f"job.output={out}",
                        "-o", "layout.servers=2", "-o", "layout.replication=1",
                        "-o", "job.progress_interval=0.5",
                        *(a for o in overrides for a in ("-o", o)))
@@ -113,3 +114,28 @@ def test_heartbeats_go_per_host_and_a_stopped_leader_costs_only_itself(hosts, tm
     assert {other, 3, member} <= set(beats["senders"]), beats
     (ring,) = [e for e in events if e["event"] == "ring"]
     assert ring["sent"] == 3, ring  # 4 live ranks had it: the job ended well
+
+
+def test_a_failing_worker_ends_every_rank_through_the_host_tree(hosts, tmp_path):
+    """A partition broken while the job runs: the worker that reads it fails
+    and tells the scheduler and the host leaders, which pass the ABORT on.
+    Every rank leaves with the failing rank's exit code (no hang: the run is
+    under a timeout), and the launcher returns non-zero, with one message
+    naming rank, role and cause."""
+    data = tmp_path / "ctr"
+    subprocess.run([sys.executable, "-m", "data_tools", "synth", "ctr", "--rows", "40000",
+                    "--fields", "8", "--vocab", "2000", "--seed", "3",
+                    "--rows-per-partition", "2000", "-o", str(data)],
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
+    parts = sorted(data.glob("part-*.h5"))
+
+    def break_partitions() -> None:  # one: the worker that reads it next fails
+        parts[len(parts) // 2].write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+
+    code, text, _ = demo_across(
+        hosts, tmp_path / "run", break_partitions, f"data.train={data}", "data.test=",
+        "data.epochs=1000", "data.minibatch=200", job="ctr.toml", timeout=90)
+    assert code not in (0, None), text[-4000:]
+    assert "failed: PartitionError" in text or "not a readable HDF5" in text, text[-4000:]
+    assert "done in" not in text, text[-4000:]
+    assert text.count(" failed: ") == 1, text[-4000:]  # one message, from the failing rank

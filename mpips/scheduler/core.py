@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from ..app import App
 from ..data.queue import partition_warning
 from ..layout import WORKER
@@ -36,6 +38,8 @@ class Scheduler:
         self.app = app
         self.interval = po.cfg.job.progress_interval
         self.arrived: dict[tuple[int, int], set[int]] = {}  # barrier -> live ranks in it
+        self.last_release: dict[int, tuple[int, bytes]] = {}  # group -> (barrier, meta)
+        self._targets: dict[int, tuple[int, list[int]]] = {}  # group -> (dead, ranks)
         self.counters: dict[int, dict[str, float]] = {}
         self.done: dict[int, dict[str, Any]] = {}
         self.stopped: dict[int, dict[str, Any]] = {}
@@ -116,9 +120,9 @@ class Scheduler:
         for rank in self.live(layout.workers + layout.servers):
             po.send(rank, Message(op=Op.STOP))  # servers: the second, the job's end
         if po.van.liveness is not None:  # heard per host: which ranks sent beats
-            received = dict(po.van.liveness.received)
-            po.event("heartbeats", messages=sum(received.values()),
-                     senders=sorted(received), ranks=po.van.size)
+            received = po.van.liveness.heard.received
+            po.event("heartbeats", messages=int(received.sum()),
+                     senders=np.flatnonzero(received).tolist(), ranks=po.van.size)
         self.write_events()
         lost = sorted(po.van.dead)
         write_status(po.cfg.job.output, "done", seconds=round(elapsed, 3), lost=lost)
@@ -199,17 +203,39 @@ class Scheduler:
 
     def _release_if_complete(self, key: tuple[int, int]) -> None:
         """Release barrier ``key`` once every live member reached it: O(1) per
-        arrival, one message per member, which carries the workers that have
-        died (usually none), not the members."""
+        arrival. The release goes down the host tree (one message per host:
+        the leaders pass it on) and carries the workers that have died
+        (usually none), not the members."""
         ranks = self.arrived[key]
         ranks -= self.po.van.dead  # arrived, then died: not waited for, not released
         if len(ranks) < self._members(key[0]):
             return
         dead = Message.jmeta(sorted(r for r in self.po.van.dead
                                     if self.po.layout.role(r) == WORKER))
-        for r in ranks:
+        for r in self._release_targets(key[0]):
             self.po.send(r, Message(op=Op.RELEASE, flags=key[0], aux=key[1], meta=dead))
+        self.last_release[key[0]] = (key[1], dead)
         del self.arrived[key]
+
+    def _release_targets(self, group: int) -> list[int]:
+        """Whom the scheduler sends a release of ``group`` itself (kept until
+        a rank dies)."""
+        dead = self.po.van.dead
+        kept = self._targets.get(group)
+        if kept is None or kept[0] != len(dead):
+            kept = (len(dead), self.po.host_tree.direct_for(dead, self.po.barrier_member(group)))
+            self._targets[group] = kept
+        return kept[1]
+
+    def releases_lost_with(self, leader: int) -> None:
+        """A host leader died, maybe before it passed on the last release of
+        a barrier: its ranks get each group's last release again (a repeat
+        changes nothing)."""
+        for group, (bid, dead) in self.last_release.items():
+            member = self.po.barrier_member(group)
+            for r in self.live(self.po.host_tree.reported_by(leader)):
+                if member(r):
+                    self.po.send(r, Message(op=Op.RELEASE, flags=group, aux=bid, meta=dead))
 
     def release_barriers(self) -> None:
         """After a failure: a barrier may now be complete without the dead."""

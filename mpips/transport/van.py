@@ -454,14 +454,15 @@ class Van:
         self.liveness.start()
         return True
 
-    def abort_all(self, text: str, code: int = 1, grace: float = 1.0) -> None:
-        """Tell every other rank the job failed (and the exit code they are to
-        leave with), then give the sends a moment."""
+    def abort_all(self, text: str, code: int = 1, grace: float = 1.0,
+                  ranks: list[int] | None = None, flags: int = 0) -> None:
+        """Tell every other rank (or ``ranks``) the job failed, and the exit
+        code they are to leave with, then give the sends a moment."""
         meta = text.encode()
-        for r in range(self.size):
+        for r in range(self.size) if ranks is None else ranks:
             if r != self.rank:
                 try:
-                    self.send(r, Message(op=Op.ABORT, aux=code, meta=meta))
+                    self.send(r, Message(op=Op.ABORT, flags=flags, aux=code, meta=meta))
                 except MPI.Exception:
                     pass
         self.flush(grace)
