@@ -11,9 +11,10 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, config, consistency
+from . import __version__, config, consistency, startup
 from .kv.store import huge_pages_off
 from .transport import MPIUnavailable
 
@@ -82,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg, app = _job(args)
     except config.ConfigError as e:
         return _fail(str(e))
+    startup.mark("job loaded")
     from .runtime import run
     run(cfg, app)
     return 0
@@ -136,7 +138,7 @@ def _check_program(program: list[str], ranks: int) -> tuple[int, str | None]:
     try:
         if program[0] == "convert":
             return 0, None  # data_tools checks its own options on every rank
-        args = parser().parse_args(program)
+        args = parser(program).parse_args(program)
     except SystemExit as e:  # argparse said why
         return int(e.code or 2), None
     if program[0] != "train":
@@ -201,7 +203,37 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+# Benchmarks whose options live in their own (heavy) modules: name, module, help.
+# Each module has add_arguments(parser) and run(args); its docstring is the
+# subcommand's description.
+LAZY_BENCHES = (
+    ("filters", "mpips.bench.filters", "bytes, keys/s and AUC of LR jobs with each filter and "
+     "the whole chain (runs its own mpiexec)"),
+    ("path", "mpips.bench.path", "where the time of one request goes, stage by stage (no MPI)"),
+    ("peers", "mpips.bench.peers", "mpips, Vowpal Wabbit and scikit-learn on the same data, "
+     "interleaved: time to a test AUC (runs its own mpiexec)"),
+    ("scheduler", "mpips.bench.scheduler", "the scheduler's barriers, tasks, heartbeats and "
+     "ring changes at 100-10000 simulated ranks (no MPI)"),
+    ("store", "mpips.bench.store", "one server's storage alone: inserts, lookups, bytes per "
+     "parameter (no MPI)"),
+)
+
+
+def _fill_bench(p: argparse.ArgumentParser, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    p.description = module.__doc__
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
+
+
+def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line. The options of ``run``, ``query`` and each
+    benchmark come from modules that import much (the apps, scipy, the
+    launcher); they are read only when ``argv`` names that command, so a rank
+    of ``mpips train`` and ``mpips --help`` load none of them. (Help lists
+    every command either way; ``mpips bench peers --help`` names peers.)"""
+    command = argv[0] if argv else None
+    bench = argv[1] if command == "bench" and len(argv) > 1 else None
     p = argparse.ArgumentParser(
         prog="python -m mpips",
         description="mpips: a parameter server on MPI. Run under "
@@ -229,9 +261,10 @@ def parser() -> argparse.ArgumentParser:
                                    "mpips run -n 4 jobs/news20.toml -o data.epochs=3; "
                                    "python -m mpips run -n 3 bench kv --keys 1000000. Ctrl-C: "
                                    "checkpoint and stop (again: end at once).")
-    from . import launch
-    launch.add_arguments(r)
-    r.set_defaults(func=lambda args: launch.cmd_run(args, _check_program))
+    if command == "run":
+        from . import launch
+        launch.add_arguments(r)
+        r.set_defaults(func=lambda args: launch.cmd_run(args, _check_program))
 
     sub.add_parser("convert", help="convert Hadoop/Spark exports to HDF5 partitions "
                    "(python -m data_tools convert: mpips convert --help)", add_help=False)
@@ -265,31 +298,11 @@ def parser() -> argparse.ArgumentParser:
                     help="kv.coalesce_bytes: batch request messages below this size (0: off)")
     _common(kv)
     kv.set_defaults(func=cmd_bench_kv)
-    fb = bsub.add_parser("filters", help="bytes, keys/s and AUC of LR jobs with each "
-                         "filter and the whole chain (issue 6)",
-                         description="Runs its own mpiexec jobs (do not start it under "
-                                     "mpiexec). Example: python -m mpips bench filters "
-                                     "--data news20,ctr")
-    from .bench.filters import add_arguments as _filter_bench_args
-    _filter_bench_args(fb)
-    fb.set_defaults(func=lambda args: __import__("mpips.bench.filters", fromlist=["x"])
-                    .cli_main(args))
-    from .bench import path as bench_path
-    from .bench import peers as bench_peers
-    from .bench import scheduler as bench_scheduler
-    from .bench import store as bench_store
-    for name, module, text in (
-            ("path", bench_path, "where the time of one request goes, stage by stage (no MPI)"),
-            ("peers", bench_peers, "mpips, Vowpal Wabbit and scikit-learn on the same data, "
-             "interleaved: time to a test AUC (runs its own mpiexec)"),
-            ("scheduler", bench_scheduler, "the scheduler's barriers, tasks, heartbeats and "
-             "ring changes at 100-10000 simulated ranks (no MPI)"),
-            ("store", bench_store, "one server's storage alone: inserts, lookups, bytes per "
-             "parameter (no MPI)")):
-        one = bsub.add_parser(name, help=text, description=module.__doc__,
+    for name, module, text in LAZY_BENCHES:
+        one = bsub.add_parser(name, help=text,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(one)
-        one.set_defaults(func=module.run)
+        if name == bench:  # only the one named: every rank skips the others' imports
+            _fill_bench(one, module)
     fo = bsub.add_parser("failover", help="kill a server mid-run, time detection, failover "
                          "and repair",
                          description="Example: mpiexec --with-ft ulfm -n 6 python -m mpips "
@@ -311,9 +324,10 @@ def parser() -> argparse.ArgumentParser:
                                    "sketch job (app 'sketch'), running or finished. Example: "
                                    "python -m mpips query --job-output runs/sketch --ids 1 2 "
                                    "--top 10")
-    from .apps.sketch.cli import add_query_arguments
-    add_query_arguments(q)
-    q.set_defaults(func=cmd_query)
+    if command == "query":
+        from .apps.sketch.cli import add_query_arguments
+        add_query_arguments(q)
+        q.set_defaults(func=cmd_query)
 
     v = sub.add_parser("validate", help="check a job file without starting ranks",
                        description="Checks every section and key (with 'did you mean' for "
@@ -381,10 +395,11 @@ def cmd_convert(rest: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup.mark("imported")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["convert"]:  # its options are data_tools convert's own
         return cmd_convert(argv[1:])
-    args = parser().parse_args(argv)
+    args = parser(argv).parse_args(argv)
     huge_pages_off()  # before any array of the job is made
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import startup
 from .app import App
 from .config import Config
 from .kv.server import KVServer
@@ -21,6 +22,7 @@ from .transport import Message, Op
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
     van = van_for(cfg)
+    startup.mark("MPI ready")
     try:
         po = Postoffice(cfg, app.tables(), van)
     except Exception as e:
@@ -32,6 +34,7 @@ def run(cfg: Config, app: App) -> None:
             time.sleep(1.0)  # leave after rank 0 has said why (as the CLI does)
         van.finalize_and_exit(1)
         return
+    startup.mark("postoffice")
     _signals(po)
     profiler = _profiler()
     try:
@@ -98,6 +101,7 @@ def _serve(po: Postoffice, app: App) -> None:
     if po.cfg.checkpoint.resume:
         po.wait_until(lambda: server.resumed, lambda: "RESUME from the scheduler (rank 0)")
     po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
+    startup.mark("ready")
     stops = 0
 
     def stop(msg: Message) -> None:
@@ -111,7 +115,8 @@ def _serve(po: Postoffice, app: App) -> None:
                               "requests": server.requests,
                               "requests_by_position": server.keysets.requests,
                               "busy_seconds": round(server.busy_seconds, 6),
-                              "serve_seconds": round(time.perf_counter() - serving, 6)}
+                              "serve_seconds": round(time.perf_counter() - serving, 6),
+                              "startup": startup.steps()}
     result.update(app.on_server_stop(po, server))
     po.send(po.layout.scheduler, Message(op=Op.STOPPED, meta=Message.jmeta(result)))
     # Serve on until the job's end (a second STOP): a server that dies now
@@ -129,8 +134,9 @@ def _work(po: Postoffice, app: App) -> None:
 
     po.on(Op.STOP, stop)
     po.barrier(ALL)  # start-up: every rank is ready, the model is loaded
-    result = app.run_worker(po)
+    startup.mark("ready")
+    result = dict(app.run_worker(po) or {}, startup=startup.steps())
     po.finish_task()  # the job's end is a task boundary: nothing stays held in a filter
-    po.send(po.layout.scheduler, Message(op=Op.DONE, meta=Message.jmeta(result or {})))
+    po.send(po.layout.scheduler, Message(op=Op.DONE, meta=Message.jmeta(result)))
     # Wait for the end of the job here, politely, rather than spin in MPI_Finalize.
     po.serve_forever(lambda: stopped)

@@ -143,7 +143,13 @@ def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):
     stdout = (tmp_path / "run.stdout").read_text()
     assert "time per worker (mean of 2" in stdout and "ns/nonzero" in stdout, stdout
     assert "s after launch" in stdout and "servers busy" in stdout, stdout
+    assert "start-up (s after launch, slowest rank): " in stdout, stdout
     final = metrics(out)[-1]
+    steps = list(final["startup_s"])  # each step once, in the order the ranks got there
+    for step in ("imported", "job loaded", "MPI ready", "postoffice", "ready", "first push"):
+        assert step in steps, final["startup_s"]
+    assert steps.index("imported") < steps.index("MPI ready") < steps.index("first push")
+    assert final["startup_s"]["first push"] == pytest.approx(final["first_push_s"], abs=1e-3)
     phases = final["worker_phases"]
     assert set(phases) == {*PHASES, "other"} and all(v >= 0 for v in phases.values())
     assert phases["gradient"] > 0 and phases["localise"] > 0 and phases["evaluate"] > 0

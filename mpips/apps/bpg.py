@@ -46,10 +46,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..app import App, Table
 from ..config import ConfigError, Option, non_negative, positive, section
@@ -59,6 +58,11 @@ from ..data.manifest import ManifestError
 from ..handles import Handle
 from ..kv.worker import KVWorker
 from .linear.model import logloss_terms, read_share, sigmoid
+
+# scipy.sparse is imported where a matrix is made, so that the ranks that
+# never make one (the scheduler, the servers) start without importing it.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 section("bpg", {
     "data": Option(str, "partitions", "'partitions' ([data] train) or 'synthetic' (the "
@@ -252,6 +256,7 @@ class _Worker:
         y = np.concatenate([mb.labels for mb in mbs]).astype(np.float64)
         y = (y > 0.5).astype(np.float64)
         uniq, cols = localise(gkeys)
+        import scipy.sparse as sp
         return sp.csr_matrix((vals, cols, indptr), shape=(y.size, uniq.size)), y, uniq
 
     def _loss(self) -> float:

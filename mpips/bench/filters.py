@@ -161,7 +161,7 @@ def _run_one(name: str, setting: str, np_: int, out: Path, timeout: float,
     return json.loads((run_dir / "filters.json").read_text())
 
 
-def cli_main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = args.settings.split(",")
@@ -222,4 +222,4 @@ if __name__ == "__main__":
     else:
         ap = argparse.ArgumentParser(prog="python -m mpips.bench.filters")
         add_arguments(ap)
-        sys.exit(cli_main(ap.parse_args()))
+        sys.exit(run(ap.parse_args()))

@@ -11,15 +11,19 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from mpips.data import storage
 from mpips.data.format import FORMAT_NAME, FORMAT_VERSION
 from mpips.data.localise import localise
+
+# scipy.sparse is imported where a matrix is made, so that the ranks that
+# never make one (the scheduler, the servers) start without importing it.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 DEFAULT_CHUNK_ROWS = 65_536
 
@@ -60,6 +64,7 @@ class Minibatch:
     def localised(self) -> tuple[np.ndarray, sp.csr_matrix]:
         """``(unique_keys, X)``: sorted unique keys and a CSR matrix whose column
         ``j`` is key ``unique_keys[j]`` (the shape a kv pull/push wants)."""
+        import scipy.sparse as sp
         unique_keys, columns = localise(self.keys)
         values = self.values if self.values is not None else np.ones(self.nnz, np.float32)
         matrix = sp.csr_matrix((values, columns, self.indptr),

@@ -47,11 +47,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from ...app import App, Table
 from ...config import Option, non_negative, positive, section
@@ -75,6 +74,11 @@ from .model import (
     umass,
     word_key,
 )
+
+# scipy.sparse is imported where a matrix is made, so that the ranks that
+# never make one (the scheduler, the servers) start without importing it.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 section("lda", {
     "topics": Option(int, 20, "number of topics K", positive),
@@ -214,6 +218,7 @@ class LdaApp(App):
         observed, evaluated = completion_split(ho_indptr, col_of(ho_words), ho_counts)
         observed.resize((observed.shape[0], width))
         evaluated.resize((evaluated.shape[0], width))
+        import scipy.sparse as sp
         train_docs = sp.csr_matrix((np.ones(tr_words.size), col_of(tr_words), tr_indptr),
                                    shape=(tr_indptr.size - 1, width))
 

@@ -10,10 +10,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from ...keys import mix64
+
+# scipy.sparse is imported where a matrix is made, so that the ranks that
+# never make one (the scheduler, the servers) start without importing it.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1_INV = np.uint64(pow(0xBF58476D1CE4E5B9, -1, 2**64))
@@ -92,6 +98,7 @@ def completion_split(indptr: np.ndarray, words: np.ndarray, counts: np.ndarray
     ndoc = indptr.size - 1
     width = int(words.max()) + 1 if words.size else 1
     w = words[nz].astype(np.int64)
+    import scipy.sparse as sp
     obs = sp.csr_matrix((np.ones((~odd).sum()), (doc[~odd], w[~odd])), shape=(ndoc, width))
     ev = sp.csr_matrix((np.ones(odd.sum()), (doc[odd], w[odd])), shape=(ndoc, width))
     obs.sum_duplicates()
@@ -128,6 +135,7 @@ def completion_loglik(phi: np.ndarray, observed: sp.csr_matrix, evaluated: sp.cs
 
 def _row_sums(out: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> None:
     """out[rows[i]] += vals[i] for sorted or unsorted rows, without np.add.at."""
+    import scipy.sparse as sp
     m = sp.csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))),
                       shape=(out.shape[0], rows.size))
     out += m @ vals

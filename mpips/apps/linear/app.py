@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import startup
 from ...app import App, Table
 from ...config import ConfigError, Option, non_negative, positive, section
 from ...data import load_manifest
@@ -460,16 +461,20 @@ def model_pieces(shards: list[dict[str, Any]], num_ranges: int) -> list[tuple[st
 
 def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the time went: the mean seconds of the workers' phases, the
-    latest first push after launch, the servers' busy and serving seconds."""
+    latest first push after launch, the servers' busy and serving seconds,
+    and when the slowest rank (this one, the scheduler, included) reached
+    each step of start-up."""
     times = [w["time"] for w in workers if w.get("time")]
     if not times:
         return {}
+    steps = [r.get("startup") or {} for r in (*workers, *servers)] + [startup.steps()]
     phases = {k: sum(t["phases"].get(k, 0.0) for t in times) / len(times)
               for k in times[0]["phases"]}
     first = [t["first_push"] for t in times if t.get("first_push") is not None]
     return {"worker_seconds": sum(t["seconds"] for t in times) / len(times),
             "worker_phases": phases, "workers_timed": len(times),
             "first_push_s": max(first) if first else None,
+            "startup_s": startup.slowest(steps),
             "server_busy_s": sum(s.get("busy_seconds", 0.0) for s in servers),
             "server_serve_s": sum(s.get("serve_seconds", 0.0) for s in servers),
             "servers_timed": sum("busy_seconds" in s for s in servers),
@@ -502,6 +507,8 @@ def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:
                         f"{spent['server_requests']} requests by key set position")
     if tail:
         lines.append("  " + "; ".join(tail))
+    if spent.get("startup_s"):
+        lines.append("  " + startup.line(spent["startup_s"]))
     return "\n".join(lines)
 
 

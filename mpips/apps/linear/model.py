@@ -15,16 +15,20 @@ import os
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from ...data import localise
 from ...data.reader import Minibatch, PartitionReader
 from ...keys import hash_feature
 from ...kv.keyset import KeySubset
+
+# scipy.sparse is imported where a matrix is made, so that the ranks that
+# never make one (the scheduler, the servers) start without importing it.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 MODEL_FORMAT = "mpips-linear-model"
 # The key of the intercept: a fixed key no data set uses by accident (a
@@ -101,6 +105,7 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
                labels: np.ndarray, bias: bool) -> Batch:
     """Localise CSR rows with global keys; with ``bias`` every row gets a 1 in
     the column of :data:`BIAS_KEY` (one more entry at the end of each row)."""
+    import scipy.sparse as sp
     rows = labels.size
     uniq, cols = localise(keys)
     data = np.ones(keys.size) if values is None else values.astype(np.float64)

@@ -4,7 +4,6 @@ gradient is computed, at most ``max_inflight`` requests outstanding."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from ...data import localise
 from ...kv.keyset import KeySet
 from ...kv.worker import KVWorker
 from ...postoffice import WORKERS, Postoffice
+from ...startup import launched_at, mark
 from .evaluation import Evaluator
 from .model import Batch, BatchCache, batch_of, gradient
 from .synthetic import Synthetic
@@ -26,25 +26,6 @@ if TYPE_CHECKING:
 
 PHASES = ("read", "localise", "gradient", "issue", "pull wait", "window wait",
           "task end", "evaluate")
-
-
-def launched_at() -> float | None:
-    """Wall-clock time the job was launched: ``mpips run`` exports it to
-    its ranks; otherwise this process's own start (Linux), or None."""
-    got = os.environ.get("MPIPS_LAUNCH_TIME")
-    if got:
-        try:
-            return float(got)
-        except ValueError:
-            pass
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(x.split()[1]) for x in f if x.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
 
 
 def _keys(batch: Batch):
@@ -67,6 +48,7 @@ class PhaseClock:
     def pushed(self) -> None:
         if self.first_push is None and self.launched is not None:
             self.first_push = time.time() - self.launched
+            mark("first push")
 
     def summary(self) -> dict[str, Any]:
         total = time.perf_counter() - self.started
@@ -83,6 +65,9 @@ class LinearWorker:
 
     def __init__(self, app: LinearApp, po: Postoffice):
         self.app, self.po, self.lc = app, po, app.lc
+        # Only workers make scipy.sparse matrices (model.make_batch imports it
+        # there): imported here, before the phases are timed.
+        import scipy.sparse  # noqa: F401
         self.kv = KVWorker(po, "w")
         self.counters: dict[str, Any] = {"examples": 0, "loss_sum": 0.0, "keys": 0,
                                          "epoch": 0, "workers": 1, "nonzeros": 0}

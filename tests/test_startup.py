@@ -1,0 +1,63 @@
+"""Start-up steps: marked once, reported after launch, slowest rank per step."""
+
+import time
+
+from mpips import startup
+
+
+def test_steps_are_seconds_after_launch_in_the_order_reached(monkeypatch):
+    launched = time.time() - 2.0
+    monkeypatch.setenv(startup.LAUNCH_ENV, f"{launched:.6f}")
+    monkeypatch.setattr(startup, "_marks", {})
+    startup.mark("b")
+    startup.mark("a")
+    first = startup.steps()["b"]
+    startup.mark("b")  # a second mark of a step keeps the first
+    got = startup.steps()
+    assert list(got)[-2:] == ["b", "a"] and got["b"] == first
+    assert 2.0 <= got["b"] <= got["a"] < 60.0
+    assert "spawned" in got and got["spawned"] <= got["b"]  # this process began before
+
+
+def test_without_a_launch_time_steps_count_from_the_process_start(monkeypatch):
+    monkeypatch.delenv(startup.LAUNCH_ENV, raising=False)
+    monkeypatch.setattr(startup, "_marks", {})
+    startup.mark("x")
+    got = startup.steps()
+    assert "spawned" not in got and got["x"] > 0
+
+
+def test_the_slowest_rank_decides_each_step_and_the_line_names_them():
+    latest = startup.slowest([{"imported": 0.5, "ready": 1.0},
+                              {"imported": 0.7, "ready": 0.9, "first push": 1.2}])
+    assert latest == {"imported": 0.7, "ready": 1.0, "first push": 1.2}
+    assert startup.line(latest) == ("start-up (s after launch, slowest rank): "
+                                    "imported 0.70, ready 1.00, first push 1.20")
+
+
+def _imports(code: str) -> set[str]:
+    import subprocess
+    import sys
+    code += "\nimport sys\nprint(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    return set(out.split())
+
+
+def test_the_scheduler_and_servers_of_a_linear_job_start_without_scipy():
+    """What every rank imports before its role (the command line, a job's
+    config with every app's section, the linear app, the runtime) leaves
+    scipy.sparse to the workers: start-up is CPU-bound on shared cores."""
+    got = _imports("from mpips import cli, config, runtime\nconfig.declare_all()\n"
+                   "import mpips.apps.linear.app, mpips.apps.lda.app, mpips.apps.bpg\n"
+                   "cli.parser(['train', 'job.toml'])")
+    assert "mpips.apps.linear.app" in got and "mpips.runtime" in got
+    assert not {m for m in got if m.split(".")[0] == "scipy"}
+
+
+def test_the_command_line_reads_a_benchmarks_options_only_when_it_runs_it():
+    got = _imports("from mpips import cli\ncli.parser(['train', 'job.toml'])")
+    assert not {m for m in got if m.startswith(("mpips.bench.", "mpips.launch",
+                                                "mpips.apps.sketch.cli"))}
+    got = _imports("from mpips import cli\ncli.parser(['bench', 'peers'])")
+    assert "mpips.bench.peers" in got and "mpips.bench.store" not in got
