@@ -66,17 +66,27 @@ def test_a_lost_host_fails_the_job_with_exit_75_naming_it(hosts, tmp_path):
     assert "stopped on SIGTERM" not in out and "done in" not in out
 
 
-def _rank_on(hosts, host: str, rank: int) -> int:
-    """The pid of MPI rank ``rank`` among the processes of ``host``."""
+def _ranks_of(hosts, host: str) -> dict[int, int]:
+    """MPI rank -> pid of the rank processes running on ``host``."""
+    found = {}
     for pid in hosts.pids(host):
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-            return pid
-    raise LookupError(f"rank {rank} is not on {host}")
+        for item in env:
+            if item.startswith(b"OMPI_COMM_WORLD_RANK="):
+                found[int(item.split(b"=", 1)[1])] = pid
+    return found
+
+
+def _rank_on(hosts, host: str, rank: int) -> int:
+    """The pid of MPI rank ``rank`` among the processes of ``host``."""
+    pid = _ranks_of(hosts, host).get(rank)
+    if pid is None:
+        raise LookupError(f"rank {rank} is not on {host}")
+    return pid
 
 
 def test_heartbeats_go_per_host_and_a_stopped_leader_costs_only_itself(hosts, tmp_path):
@@ -139,3 +149,101 @@ def test_a_failing_worker_ends_every_rank_through_the_host_tree(hosts, tmp_path)
     assert "failed: PartitionError" in text or "not a readable HDF5" in text, text[-4000:]
     assert "done in" not in text, text[-4000:]
     assert text.count(" failed: ") == 1, text[-4000:]  # one message, from the failing rank
+
+
+def test_a_server_killed_on_one_host_costs_nothing_and_the_map_is_the_real_one(hosts,
+                                                                               tmp_path):
+    """The counter workload (every key ends at the exact number of
+    acknowledged pushes) on 6 ranks across the 3 hosts, 3 servers, k = 1:
+    layout.json names the host each rank's process really runs on (the
+    namespace it was found in), no range has a copy on its owner's host, and
+    a server SIGKILLed on one host mid-run costs nothing."""
+    import json
+
+    from mpips.layout import make_layout
+    victim = make_layout(6, 3, [0, 1, 2, 0, 1, 2]).servers[-1]
+    out = tmp_path / "run"
+    cmd = hosts.mpiexec(6, "--with-ft", "ulfm", "-x", "MPIPS_TEST_KILL", "-x", "PYTHONPATH",
+                        sys.executable, "tests/progs/kv_job.py", "counts", "layout.servers=3",
+                        "layout.replication=1", f"job.output={out}", "transport.timeout=30")
+    env = dict(mpi_env(), MPIPS_TEST_KILL=f"10:{victim}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=ROOT)
+    guard = threading.Timer(150, proc.kill)
+    guard.start()
+    try:
+        seen = wait_for_output(proc, "map in layout.json", timeout=90)
+        placed = {rank: host for host in hosts.names for rank in _ranks_of(hosts, host)}
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        guard.cancel()
+        proc.kill()
+    text = "".join(seen) + rest
+    assert proc.returncode == 0, text[-6000:]
+    assert text.count("keys exact") == 2, text[-6000:]  # both workers: nothing lost
+    assert f"survived the loss of rank(s) [{victim}]" in text, text[-6000:]
+    layout = json.loads((out / "layout.json").read_text())
+    named = {r["rank"]: r["hostname"] for r in layout["ranks"]}
+    assert len(placed) >= 5 and all(named[r] == h for r, h in placed.items()), (placed, named)
+    assert len(set(named.values())) == 3
+    index = {r["rank"]: r["host"] for r in layout["ranks"]}
+    assert all(index[a] == index[b] for a in named for b in named
+               if named[a] == named[b])  # the host index and the name agree
+    for rng in layout["ranges"]:
+        assert len(set(rng["hosts"])) == len(rng["hosts"]) == 2, rng
+
+
+def test_a_lost_host_leaves_a_checkpoint_the_other_hosts_resume_from(hosts, tmp_path):
+    """A whole host killed after the job wrote a checkpoint: exit 75 and one
+    message naming the host and that checkpoint; then the job resumed from it
+    on the two hosts left (4 ranks) finishes every epoch, each training row
+    counted once per epoch across the two runs."""
+    import json
+    import re
+    import time
+
+    from mpips.checkpoint import complete_ids
+    data = tmp_path / "ctr"
+    subprocess.run([sys.executable, "-m", "data_tools", "synth", "ctr", "--rows", "36000",
+                    "--fields", "8", "--vocab", "2000", "--seed", "3",
+                    "--rows-per-partition", "2000", "-o", str(data / "all")],
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "mpips.apps.linear.tools", "split",
+                    str(data / "all"), str(data / "train"), str(data / "test"),
+                    "--test-partitions", "3"],
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
+    rows = json.loads((data / "train" / "manifest.json").read_text())["rows"]
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+    job = [f"data.train={data / 'train'}", f"data.test={data / 'test'}", "data.epochs=30",
+           "data.minibatch=200", "checkpoint.every_tasks=30"]
+
+    def kill_h3_after_a_checkpoint() -> bool:
+        deadline = time.monotonic() + 60
+        while not complete_ids(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(complete_ids(root)) and bool(hosts.kill_host("h3"))
+
+    code, text, killed = demo_across(hosts, out, kill_h3_after_a_checkpoint, *job,
+                                     job="ctr.toml", timeout=120)
+    assert killed, text[-4000:]
+    assert code == 75, (code, text[-6000:])
+    said = re.search(r"SIGTERM after host h3 .*continue from checkpoint (\d+) in (\S+) "
+                     r"with train --resume", text)
+    assert said and said.group(2) == str(root), text[-4000:]
+    assert int(said.group(1)) in complete_ids(root)
+    two = hosts.workdir / "hostfile-h1-h2"
+    two.write_text("h1 slots=2\nh2 slots=2\n")
+    args = [str(two) if a == str(hosts.hostfile) else a for a in hosts.launcher_args()]
+    cmd = hosts.in_hub(sys.executable, "-m", "mpips", "run", "-n", "4",
+                       *(f"--mpi-arg={a}" for a in args), str(ROOT / "jobs" / "ctr.toml"),
+                       "--resume", "-o", f"job.output={out}", "-o", "layout.servers=1",
+                       *(a for o in job for a in ("-o", o)))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), cwd=ROOT,
+                          timeout=240)
+    again = done.stdout + done.stderr
+    assert done.returncode == 0, again[-6000:]
+    assert f"resumed from checkpoint {said.group(1)}" in again, again[-4000:]
+    assert "on 2 host(s)" in again and "done in" in again, again[-4000:]
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final.get("final") and final["examples"] == 30 * rows, (final, rows)

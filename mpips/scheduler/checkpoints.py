@@ -56,8 +56,22 @@ class Checkpoints:
         po.on_command(RESUMED_COUNTERS, self._counters_of)
 
     def _counters_of(self, asked: Command) -> Command:
+        """A resumed worker's counters: the checkpoint's for its index and,
+        when the job resumed with fewer workers, those of the indices left
+        over (old index i goes to new index i mod workers), so that every
+        example counted before the checkpoint is counted once after it."""
+        workers = len(self.po.layout.workers)
         index = self.po.layout.workers.index(asked.sender)
-        return Command(RESUMED_COUNTERS, self.resumed_counters.get(str(index), {}))
+        merged: dict[str, Any] = {}
+        for old, counters in sorted(self.resumed_counters.items(), key=lambda c: int(c[0])):
+            if int(old) % workers != index:
+                continue
+            for key, value in counters.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    merged[key] = merged.get(key, 0) + value
+                else:
+                    merged.setdefault(key, value)
+        return Command(RESUMED_COUNTERS, merged)
 
     def maybe_checkpoint(self, now: float | None = None) -> None:
         """Pause task hand-out when a checkpoint is due; write it once every

@@ -130,11 +130,15 @@ class Scheduler:
               + (f"; survived the loss of rank(s) {lost}" if lost else ""), flush=True)
 
     def _write_layout(self) -> None:
-        """layout.json in the job's output: every rank's role and host, and
-        every range's owner and replicas (ranks and hosts)."""
+        """layout.json in the job's output: every rank's role and host (its
+        index and name), and every range's owner and replicas (ranks and host
+        indices)."""
         po, layout, ring = self.po, self.po.layout, self.po.ring
+        names = po.van.hostnames
         ranks = [{"rank": r, "role": layout.role(r), "name": layout.describe(r),
-                  "host": layout.hosts[r]} for r in range(layout.world_size)]
+                  "host": layout.hosts[r],
+                  "hostname": names[layout.hosts[r]] if names else None}
+                 for r in range(layout.world_size)]
         ranges = []
         for r in range(ring.num_ranges):
             lo, hi = ring.range_of(r)
