@@ -99,6 +99,10 @@ class Postoffice:
         self.clients: dict[int, Handler] = {}  # table id -> kv worker reply handler
         # Called with (old ring, new ring) after a failover changed the ring.
         self.ring_listeners: list[Callable[[KeyRing, KeyRing], None]] = []
+        # Called with a rank found gone (MPI or heartbeats), on every rank but
+        # the scheduler, to let go of what that rank held here; what the
+        # failure changes for the job is the scheduler's to decide.
+        self.failure_listeners: list[Callable[[int], None]] = []
         self.observers: list[Handler] = []  # see every message (the scheduler's watch)
         self.heartbeat_interval = cfg.transport.heartbeat_interval
         # Called before this worker reports a task done (kv workers push what
@@ -302,6 +306,8 @@ class Postoffice:
         if msg.op == Op.PEER_FAILED and not self.is_scheduler:
             if msg.aux == self.layout.scheduler:
                 self._scheduler_died()
+            for listener in self.failure_listeners:
+                listener(msg.aux)
             return  # the scheduler decides what a failure changes
         if msg.op in _REPLIES:
             handler = self.clients.get(msg.table)

@@ -77,3 +77,37 @@ def test_unknown_sets_and_positions_are_refused():
         sets.translate(1, 0, 3, np.array([1], np.uint64), {})
     sets.drop_sender(1)
     assert len(sets) == 0
+
+
+def test_a_server_lets_go_of_a_dead_workers_key_sets():
+    """Rank 1 serving a 5-rank job (scheduler 0, servers 1-2, workers 3-4):
+    when MPI or the heartbeats report worker 4 gone, its sets go and a
+    registration it sent before dying is not kept; worker 3's stay."""
+    from mpips.app import Table
+    from mpips.bench.scheduler import CountingVan
+    from mpips.config import load
+    from mpips.kv.server import KVServer
+    from mpips.postoffice import Postoffice
+    from mpips.transport import Message, Op
+
+    cfg = load(None, ["layout.servers=2"])
+    po = Postoffice(cfg, [Table("w", 1)], van=CountingVan(5, [0] * 5, rank=1))
+    assert tuple(po.layout.servers) == (1, 2) and tuple(po.layout.workers) == (3, 4)
+    server = KVServer(po)
+    keys = np.arange(1, 1000, 7, dtype=np.uint64)
+
+    def register(worker: int, ident: int) -> None:
+        po.dispatch(Message(op=Op.KEYSET, sender=worker, table=0, keyset=ident, keys=keys,
+                            ring_version=po.ring.version))
+
+    for worker in (3, 4):
+        register(worker, 1)
+        register(worker, 2)
+    assert len(server.keysets) == 4
+    po.van.dead.add(4)  # as Van.mark_dead does, before the event
+    po.dispatch(Message(op=Op.PEER_FAILED, sender=4, aux=4))
+    assert len(server.keysets) == 2
+    register(4, 3)  # in flight when it died
+    assert len(server.keysets) == 2
+    po.dispatch(Message(op=Op.PEER_FAILED, sender=2, aux=2))  # a server: nothing to drop
+    assert len(server.keysets) == 2

@@ -128,6 +128,7 @@ class KVServer:
         po.on_idle(self._report_written)
         po.on(Op.RESUME, self._resume)
         po.ring_listeners.append(self.on_ring_change)
+        po.failure_listeners.append(self._peer_gone)
 
     # ---- stores ----------------------------------------------------------------
     def _new_store(self, t: int) -> Any:
@@ -414,8 +415,16 @@ class KVServer:
         if msg.op == Op.KEYSET_DROP:
             self.keysets.drop(msg.sender, msg.table, msg.keyset)
             return
+        if msg.sender in self.po.van.dead:
+            return  # sent before its worker died: nothing will use it
         starts, ranges = self.po.ring.slice(msg.keys)
         self.keysets.register(msg.sender, msg.table, msg.keyset, msg.keys, starts, ranges)
+
+    def _peer_gone(self, rank: int) -> None:
+        """A dead worker's key sets are never used again: let go of them (in
+        a long job they would pile up with every worker lost)."""
+        if rank in self.po.layout.workers:
+            self.keysets.drop_sender(rank)
 
     def _repair(self, old: KeyRing, new: KeyRing, promoted: set[int]) -> None:
         """Copy each owned range to the replicas that did not hold it (or to all
