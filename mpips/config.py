@@ -1,11 +1,13 @@
 """Job files: TOML with a typed schema, and ``-o section.key=value`` overrides.
 
 Every section and key a job file may use is declared with :func:`section`,
-next to the code that reads it; :data:`SECTIONS` lists where, and every
-:func:`load`, :func:`peek` and :func:`describe` imports those modules first,
-so a job sees all sections whichever modules it imported. Unknown sections or
-keys, wrong types and impossible values raise :class:`ConfigError` naming
-the key and the file (or the ``-o`` override).
+next to the code that reads it; :data:`SECTIONS` lists where. :func:`load`
+imports the modules of the runtime's sections, of the job's app and of every
+section the file or an override names; any other section is declared when
+first read (``cfg.lda`` on a linear job gives its defaults), so a rank does
+not import every app to start one. Unknown sections or keys, wrong types and
+impossible values raise :class:`ConfigError` naming the key and the file (or
+the ``-o`` override).
 """
 
 from __future__ import annotations
@@ -51,6 +53,22 @@ SECTIONS: dict[str, str] = {
     "scale": "mpips.bench.scale",
     "failover": "mpips.bench.failover",
 }
+
+
+# Sections every job reads, whatever its app.
+RUNTIME_SECTIONS = ("job", "layout", "kv", "transport", "data", "checkpoint", "consistency",
+                    "filters")
+
+
+def declare(name: str) -> None:
+    """Import the module that declares section ``name`` (a key of SECTIONS)."""
+    if name not in _SCHEMA:
+        importlib.import_module(SECTIONS[name])
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    declare(name)
+    return {k: opt.default for k, opt in _SCHEMA[name].items()}
 
 
 def section(name: str, options: dict[str, Option]) -> None:
@@ -110,15 +128,21 @@ class Config:
 
     def __getattr__(self, name: str) -> Section:
         try:
-            return self.__dict__["_sections"][name]
+            return self.section(name)
         except KeyError:
             raise AttributeError(name) from None
 
     def section(self, name: str) -> Section:
-        return self._sections[name]
+        """A section: as loaded, or, for one the job did not name, its
+        defaults (its module imported now)."""
+        sections = self.__dict__["_sections"]
+        if name not in sections and name in SECTIONS:
+            sections[name] = Section(name, _defaults(name))
+        return sections[name]
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: s.as_dict() for name, s in self._sections.items()}
+        """Every section (all of SECTIONS), as plain values."""
+        return {name: self.section(name).as_dict() for name in SECTIONS}
 
 
 def _validate(name: str, key: str, value: Any, where: str) -> Any:
@@ -160,7 +184,6 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Read, merge and validate a job file and its overrides."""
-    declare_all()
     source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
@@ -171,13 +194,21 @@ def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
             raise ConfigError(f"{source}: job file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    values: dict[str, dict[str, Any]] = {
-        name: {k: opt.default for k, opt in opts.items()} for name, opts in _SCHEMA.items()
-    }
+    parsed = [(text, *_parse_override(text)) for text in overrides]
+    app = next((v for _, n, k, v in reversed(parsed) if (n, k) == ("job", "app")),
+               raw.get("job", {}).get("app") if isinstance(raw.get("job"), dict) else None)
+    if app is None:
+        app = _defaults("job")["app"]
+    named = [*RUNTIME_SECTIONS, *([app] if app in SECTIONS else []), *raw,
+             *(n for _, n, _, _ in parsed)]
+    values: dict[str, dict[str, Any]] = {}
+    for name in named:
+        if name in SECTIONS and name not in values:
+            values[name] = _defaults(name)
     for name, table in raw.items():
-        if name not in _SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{name}]{_suggest(name, _SCHEMA)} "
-                              f"(known: {', '.join(sorted(_SCHEMA))})")
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]{_suggest(name, SECTIONS)} "
+                              f"(known: {', '.join(sorted(SECTIONS))})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {name} must be a [section], got {table!r}")
         for key, value in table.items():
@@ -187,11 +218,10 @@ def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
                     f"(known: {', '.join(sorted(_SCHEMA[name]))})"
                 )
             values[name][key] = _validate(name, key, value, source)
-    for text in overrides:
-        name, key, value = _parse_override(text)
+    for text, name, key, value in parsed:
         where = f"-o {text}"
-        if name not in _SCHEMA:
-            raise ConfigError(f"{where}: unknown section [{name}]{_suggest(name, _SCHEMA)}")
+        if name not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{name}]{_suggest(name, SECTIONS)}")
         if key not in _SCHEMA[name]:
             raise ConfigError(f"{where}: unknown key [{name}] {key}"
                               f"{_suggest(key, _SCHEMA[name])}")
@@ -217,8 +247,7 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def peek(path: str | Path | None, overrides: Iterable[str], name: str, key: str) -> Any:
     """One value before the whole file is validated (which app to import)."""
-    declare_all()
-    value = _SCHEMA[name][key].default
+    value = _defaults(name)[key]
     if path is not None:
         try:
             with open(path, "rb") as f:

@@ -61,3 +61,19 @@ def test_the_command_line_reads_a_benchmarks_options_only_when_it_runs_it():
                                                 "mpips.apps.sketch.cli"))}
     got = _imports("from mpips import cli\ncli.parser(['bench', 'peers'])")
     assert "mpips.bench.peers" in got and "mpips.bench.store" not in got
+
+
+def test_a_job_loads_the_sections_it_names_and_the_others_when_read():
+    """A linear job's ranks import no other app to read its config; a
+    section it did not name still reads as its defaults, and the config as a
+    whole (what a checkpoint keeps) has every section."""
+    got = _imports("from mpips import config\n"
+                   "cfg = config.load('jobs/demo.toml', ['data.minibatch=10'])\n"
+                   "assert cfg.data.minibatch == 10 and cfg.linear.minibatch == 1000")
+    assert "mpips.apps.linear.app" in got
+    assert not {m for m in got if m.startswith(("mpips.apps.lda", "mpips.apps.sketch",
+                                                "mpips.apps.bpg", "mpips.bench."))}
+    from mpips import config
+    cfg = config.load(None, [])
+    assert cfg.lda.topics == config.load(None, ["lda.topics=" + str(cfg.lda.topics)]).lda.topics
+    assert set(cfg.as_dict()) == set(config.SECTIONS)
