@@ -2,8 +2,9 @@
 
 import json
 import math
+import random
 
-from mpips.scheduler.progress import format_line, text_value
+from mpips.scheduler.progress import WorkerCounters, format_line, text_value
 
 
 def test_numbers_have_one_format():
@@ -23,3 +24,20 @@ def test_text_and_json_lines_hold_the_same_known_fields():
     record = json.loads(format_line(12.34, fields, "json"))
     assert record == {"elapsed": 12.34, "epoch": 1.5, "of": 5, "examples_per_s": 61650.2,
                       "eta_s": 3}
+
+
+def test_worker_counters_keep_the_sums_of_the_last_reports():
+    counters, rng = WorkerCounters(), random.Random(4)
+    for _ in range(2000):
+        rank = rng.randrange(20)
+        if rng.random() < 0.1:
+            counters.drop(rank)
+        else:
+            report = {"examples": rng.randrange(1000), "loss_sum": rng.random(), "name": "x"}
+            if rng.random() < 0.5:
+                report["test_auc"] = rng.random()
+            counters.set(rank, report)
+        exact, kept = counters.exact_totals(), counters.totals()
+        assert set(kept) == set(exact)  # a number no worker reports now is gone
+        assert all(abs(kept[k] - exact[k]) < 1e-9 * max(1.0, abs(exact[k])) for k in exact)
+    assert counters.get(99) is None and len(counters) == len(list(counters.values()))

@@ -17,7 +17,7 @@ driven as the other ranks would drive it, and timed:
                  ranks the scheduler makes per interval
     ring change  a server dies: the failover path (new ring, broadcast,
                  barriers re-checked)
-    progress     one progress line (every worker's counters summed)
+    progress     one progress line (the workers' counters, summed as reports come)
     abort        the ABORT messages one failing rank sends
 
 Figures are the median of ``--repeat`` runs (min and max beside it).
@@ -223,9 +223,9 @@ class SchedulerBench:
 
     def progress_line(self) -> tuple[float, int, int]:
         for w in self.po.layout.workers:
-            self.sched.counters[w] = {"examples": 1000.0, "batches": 10.0, "loss": 0.5,
-                                      "pushed_keys": 1e5, "pulled_keys": 1e5, "tasks": 3.0}
-        return self._sent(lambda: self.sched._print_progress(10.0))
+            self.sched.counters.set(w, {"examples": 1000.0, "batches": 10.0, "loss": 0.5,
+                                        "pushed_keys": 1e5, "pulled_keys": 1e5, "tasks": 3.0})
+        return self._sent(lambda: self.sched.print_progress(10.0))
 
     def abort(self) -> tuple[float, int, int]:
         """What one failing worker sends: measured on the scheduler's own

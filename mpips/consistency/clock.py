@@ -243,10 +243,13 @@ class TaskClock:
         gives every worker's)."""
         if not self.records:
             return {}
-        s = self.summary()
-        idle = list(s["idle_fraction"].values()) or [0.0]
-        return {"tasks": s["finished"], "stale_max": s["staleness_max"],
-                "idle_max": round(max(idle), 4)}
+        idle_max = 0.0  # one pass, nothing sorted or kept: it runs every progress line
+        for w, first in self.first_request.items():
+            span = self.last_finish.get(w, first) - first
+            if span > 0:
+                idle_max = max(idle_max, self.wait_sum.get(w, 0.0) / span)
+        return {"tasks": self.watermark + len(self._finished_above),
+                "stale_max": self._stale_max, "idle_max": round(idle_max, 4)}
 
     def write(self, folder: str | Path) -> Path:
         """``tasks.jsonl`` (one line per task and worker, in issue order) in

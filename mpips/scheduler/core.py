@@ -26,7 +26,7 @@ from ..status import write_status
 from ..transport import Message, Op
 from .checkpoints import Checkpoints
 from .failures import Failover, JobFailed
-from .progress import format_line
+from .progress import WorkerCounters, format_line
 from .tasks import TaskDesk
 
 
@@ -40,7 +40,7 @@ class Scheduler:
         self.arrived: dict[tuple[int, int], set[int]] = {}  # barrier -> live ranks in it
         self.last_release: dict[int, tuple[int, bytes]] = {}  # group -> (barrier, meta)
         self._targets: dict[int, tuple[int, list[int]]] = {}  # group -> (dead, ranks)
-        self.counters: dict[int, dict[str, float]] = {}
+        self.counters = WorkerCounters()  # each worker's last report, summed as they come
         self.done: dict[int, dict[str, Any]] = {}
         self.stopped: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
@@ -92,7 +92,7 @@ class Scheduler:
             if now < next_line:
                 return self._all_done()
             if self.counters:
-                self._print_progress(now - t0)
+                self.print_progress(now - t0)
             next_line = now + self.interval
             return True
 
@@ -100,7 +100,7 @@ class Scheduler:
             po.wait_until(tick, lambda: "", timeout=float("inf"), idle=watch)
         self._check_complete()
         if self.counters:
-            self._print_progress(time.monotonic() - t0)  # the last line: final totals
+            self.print_progress(time.monotonic() - t0, final=True)
         # a checkpoint still being written is finished first: its servers
         # write it from a thread that a stop would cut short
         po.wait_until(lambda: self.checkpoints.files is None,
@@ -180,8 +180,10 @@ class Scheduler:
                     totals[k] = totals.get(k, 0.0) + v
         return totals
 
-    def _print_progress(self, elapsed: float) -> None:
-        totals = self.sum_counters(self.counters.values())
+    def print_progress(self, elapsed: float, final: bool = False) -> None:
+        """One progress line: the app's fields from the workers' counters."""
+        # the last line: the final totals summed afresh
+        totals = self.counters.exact_totals() if final else self.counters.totals()
         if not totals:
             return
         fields = self.app.progress_fields(totals, elapsed)
@@ -247,11 +249,11 @@ class Scheduler:
             self._release_if_complete(key)
 
     def _report(self, msg: Message) -> None:
-        self.counters[msg.sender] = msg.json()
+        self.counters.set(msg.sender, msg.json())
 
     def _done(self, msg: Message) -> None:
         self.done[msg.sender] = msg.json() or {}
-        self.counters[msg.sender] = self.done[msg.sender].get("counters", {})
+        self.counters.set(msg.sender, self.done[msg.sender].get("counters", {}))
 
     def _stopped(self, msg: Message) -> None:
         self.stopped[msg.sender] = msg.json() or {}

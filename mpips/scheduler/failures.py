@@ -151,7 +151,7 @@ class Failover:
         print(f"mpips: {who} failed", flush=True)
         if role == WORKER:
             self.sched.tasks.worker_lost(rank, who)
-            self.sched.counters.pop(rank, None)
+            self.sched.counters.drop(rank)
         elif role == SERVER:
             self._server_failed(rank, who)
         self.sched.release_barriers()

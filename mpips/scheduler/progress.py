@@ -38,3 +38,54 @@ def format_line(elapsed: float, fields: dict[str, Any], log_format: str = "text"
     parts = [f"{k.replace('_per_s', '/s').replace('_', ' ')} {text_value(v)}"
              for k, v in known.items()]
     return f"[{elapsed:7.1f}s] " + "  ".join(parts)
+
+
+class WorkerCounters:
+    """Each worker's last progress counters, and their sums kept up to date
+    as reports come, so that a progress line costs the same at 10 workers or
+    10000. (Numbers only are summed, as floats; :meth:`exact_totals` sums
+    afresh, for the job's last line.)"""
+
+    def __init__(self) -> None:
+        self._by_rank: dict[int, dict[str, Any]] = {}
+        self._sums: dict[str, float] = {}
+        self._reporting: dict[str, int] = {}  # how many workers report each number
+
+    def set(self, rank: int, counters: dict[str, Any]) -> None:
+        self.drop(rank)
+        self._by_rank[rank] = counters
+        for key, value in _numbers(counters):
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._reporting[key] = self._reporting.get(key, 0) + 1
+
+    def drop(self, rank: int) -> None:
+        old = self._by_rank.pop(rank, None)
+        for key, value in _numbers(old or {}):
+            self._reporting[key] -= 1
+            if self._reporting[key]:
+                self._sums[key] -= value
+            else:
+                del self._reporting[key], self._sums[key]
+
+    def get(self, rank: int, default: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        return self._by_rank.get(rank, default)
+
+    def values(self):
+        return self._by_rank.values()
+
+    def __len__(self) -> int:
+        return len(self._by_rank)
+
+    def totals(self) -> dict[str, float]:
+        return dict(self._sums)
+
+    def exact_totals(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for counters in self._by_rank.values():
+            for key, value in _numbers(counters):
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
+
+
+def _numbers(counters: dict[str, Any]):
+    return ((k, v) for k, v in counters.items() if isinstance(v, (int, float)))
