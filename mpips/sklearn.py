@@ -182,12 +182,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             write_model(init, m.keys, m.weights, m.state, m.attrs)
         job = folder / "job.toml"
         job.write_text(self._job_text(folder, data, init))
-        result = run_job(job, self.n_ranks, mpi_args=self.mpi_args, echo=self.verbose,
-                         check=False, timeout=self.timeout, log=folder / "job.log")
-        if not result.ok:
-            tail = "".join(result.log.read_text().splitlines(keepends=True)[-20:])
-            raise RuntimeError(f"the mpips job failed (exit {result.code}, state "
-                               f"{result.state}; {job}):\n{tail}")
+        # a job that does not end "done" raises JobFailed (a RuntimeError)
+        # with its exit, state and the end of its log
+        run_job(job, self.n_ranks, mpi_args=self.mpi_args, echo=self.verbose, check=True,
+                timeout=self.timeout, log=folder / "job.log")
         return read_model(folder / "run" / "model.h5")
 
     def _set_coef(self, model: Model) -> None:
