@@ -185,20 +185,9 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Read, merge and validate a job file and its overrides."""
     source = str(path) if path is not None else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: job file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    raw = _read(path)
     parsed = [(text, *_parse_override(text)) for text in overrides]
-    app = next((v for _, n, k, v in reversed(parsed) if (n, k) == ("job", "app")),
-               raw.get("job", {}).get("app") if isinstance(raw.get("job"), dict) else None)
-    if app is None:
-        app = _defaults("job")["app"]
+    app = _given(raw, parsed, "job", "app")
     named = [*RUNTIME_SECTIONS, *([app] if app in SECTIONS else []), *raw,
              *(n for _, n, _, _ in parsed)]
     values: dict[str, dict[str, Any]] = {}
@@ -245,22 +234,35 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def _read(path: str | Path | None) -> dict[str, Any]:
+    """A job file's TOML, unchecked ({} for no file)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _given(raw: dict[str, Any], parsed: list[tuple[str, str, str, Any]], name: str,
+           key: str) -> Any:
+    """[name] key as given, unchecked: the last override, else the file, else
+    the default."""
+    for _, n, k, v in reversed(parsed):
+        if (n, k) == (name, key):
+            return v
+    table = raw.get(name)
+    if isinstance(table, dict) and key in table:
+        return table[key]
+    return _defaults(name)[key]
+
+
 def peek(path: str | Path | None, overrides: Iterable[str], name: str, key: str) -> Any:
     """One value before the whole file is validated (which app to import)."""
-    value = _defaults(name)[key]
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                value = tomllib.load(f).get(name, {}).get(key, value)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: job file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    for text in overrides:
-        n, k, v = _parse_override(text)
-        if (n, k) == (name, key):
-            value = v
-    return value
+    return _given(_read(path), [(t, *_parse_override(t)) for t in overrides], name, key)
 
 
 def toml_value(value: Any) -> str:
