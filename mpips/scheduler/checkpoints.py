@@ -13,6 +13,7 @@ from ..postoffice import RESUMED_COUNTERS, Command, JobPreempted
 from ..status import write_status
 from ..transport import Message, Op
 from .failures import PeersLost
+from .progress import sum_counters
 
 # Seconds a SIGTERM waits for failure reports before it is taken for a preemption.
 TERM_GRACE = 1.0
@@ -234,7 +235,7 @@ class Checkpoints:
             self.tasks_at = queue.tasks_done
         self.resumed_counters = manifest.get("counters") or {}
         self.sched.app.restore_state(manifest.get("app") or {},
-                                     self.sched.sum_counters(self.resumed_counters.values()))
+                                     sum_counters(self.resumed_counters.values()))
         self.next_id = manifest["id"] + 1
         print(f"mpips: resumed from checkpoint {manifest['id']} ({manifest['folder']}): "
               f"{sum(f['keys'] for f in manifest['files'])} keys"

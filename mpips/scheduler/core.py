@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -169,16 +168,6 @@ class Scheduler:
 
     def _all_done(self) -> bool:
         return all(r in self.done for r in self.live(self.po.layout.workers))
-
-    @staticmethod
-    def sum_counters(counters: Iterable[dict[str, Any]]) -> dict[str, float]:
-        """The workers' progress counters summed, numbers only."""
-        totals: dict[str, float] = {}
-        for c in counters:
-            for k, v in c.items():
-                if isinstance(v, (int, float)):
-                    totals[k] = totals.get(k, 0.0) + v
-        return totals
 
     def print_progress(self, elapsed: float, final: bool = False) -> None:
         """One progress line: the app's fields from the workers' counters."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -80,11 +81,16 @@ class WorkerCounters:
         return dict(self._sums)
 
     def exact_totals(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for counters in self._by_rank.values():
-            for key, value in _numbers(counters):
-                totals[key] = totals.get(key, 0.0) + value
-        return totals
+        return sum_counters(self._by_rank.values())
+
+
+def sum_counters(counters: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Progress counters summed, numbers only (as floats)."""
+    totals: dict[str, float] = {}
+    for c in counters:
+        for key, value in _numbers(c):
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
 
 
 def _numbers(counters: dict[str, Any]):
