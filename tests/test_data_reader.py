@@ -57,23 +57,50 @@ def test_localise_matches_unique():
     assert empty_unique.size == 0 and empty_columns.size == 0
 
 
+def _localise_cases() -> list[np.ndarray]:
+    """Hashed keys, small ids, duplicates, one repeated key, every digit
+    equal in some passes, the largest keys, and keys that share their
+    leading 32 bits (the radix sort's repair path)."""
+    rng = np.random.default_rng(4)
+    hashed = rng.integers(0, 2**64, 300, dtype=np.uint64)
+    return [rng.integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False),
+            rng.integers(0, 300, 9000).astype(np.uint64),
+            np.full(5000, 2**64 - 1, np.uint64),
+            (rng.integers(0, 50, 6000).astype(np.uint64) << np.uint64(40)),
+            np.r_[np.uint64(0), np.uint64(2**64 - 1), rng.integers(0, 2**64, 4200,
+                                                                   dtype=np.uint64)],
+            (rng.integers(0, 20, 30_000).astype(np.uint64) << np.uint64(40))
+            | rng.integers(0, 2**20, 30_000).astype(np.uint64),
+            np.repeat(hashed, 3)[rng.permutation(900)],
+            np.array([7], np.uint64)]
+
+
+def test_radix_localise_is_the_numpy_one_exactly():
+    """The default path (numpy's 16-bit radix sort on the leading bits, then
+    the ties repaired) against the argsort reference."""
+    import importlib
+    loc = importlib.import_module("mpips.data.localise")
+    cases = _localise_cases()
+    collided = cases[5] >> np.uint64(13)  # the leading 32 bits of case 5
+    assert np.unique(collided).size < np.unique(cases[5]).size  # ties to repair
+    for keys in cases:
+        unique, columns = loc.localise_radix(keys)
+        ref_unique, ref_columns = loc.localise_numpy(keys)
+        np.testing.assert_array_equal(unique, ref_unique)
+        np.testing.assert_array_equal(columns, ref_columns)
+        assert columns.dtype == np.int32 and unique.dtype == np.uint64
+
+
 def test_compiled_localise_is_the_numpy_one_exactly():
-    """The radix-sort kernel (numba, the fast extra) against numpy's path:
-    hashed keys, small ids, duplicates, one repeated key, every digit
-    equal in some passes, the largest keys."""
+    """The radix-sort kernel (numba, the fast extra) against numpy's path."""
     import importlib
     loc = importlib.import_module("mpips.data.localise")
     kernel = loc.KERNEL.load()
     if kernel is None:
         pytest.skip(f"no compiled localise: {loc.KERNEL.why_not()}")
-    rng = np.random.default_rng(4)
-    cases = [rng.integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False),
-             rng.integers(0, 300, 9000).astype(np.uint64),
-             np.full(5000, 2**64 - 1, np.uint64),
-             (rng.integers(0, 50, 6000).astype(np.uint64) << np.uint64(40)),
-             np.r_[np.uint64(0), np.uint64(2**64 - 1), rng.integers(0, 2**64, 4200,
-                                                                    dtype=np.uint64)]]
-    for keys in cases:
+    for keys in _localise_cases():
+        if keys.size < loc.COMPILED_MIN_KEYS:
+            continue
         unique, columns = loc.localise(keys)  # >= COMPILED_MIN_KEYS: the kernel
         ref_unique, ref_columns = loc.localise_numpy(keys)
         np.testing.assert_array_equal(unique, ref_unique)
