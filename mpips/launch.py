@@ -43,6 +43,7 @@ FINAL_STATUS_WAIT = 3.0  # seconds a launcher that exited 0 waits for the job's 
 END_GRACE = 60.0
 # The package's parent folder: ranks of a source checkout (no pip install) import it too.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class LaunchError(RuntimeError):
@@ -135,6 +136,30 @@ def leave_out_network_probe(env: dict[str, str], notes: list[str]) -> None:
         env["OMPI_MCA_btl"] = "^ofi"
         notes.append("one host: Open MPI's network transport ofi left out "
                      "(OMPI_MCA_btl=^ofi; set OMPI_MCA_btl to choose)")
+
+
+def compile_bytecode(package: Path = PACKAGE_DIR) -> int:
+    """Compile the modules of ``package`` (mpips) that have no current
+    bytecode, once, before the ranks start; returns how many. A rank that
+    finds none compiles every module it imports (about 70 ms of CPU on the
+    machine of docs/performance.md), and every rank of every job does it
+    again where Python writes no bytecode itself (PYTHONDONTWRITEBYTECODE, as
+    containers often set): start-up is CPU-bound when ranks share cores.
+    A folder it cannot write is left as it is (the ranks compile, as before)."""
+    import compileall
+    import importlib.util
+    stale = 0
+    for source in package.rglob("*.py"):
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        try:
+            if cached.stat().st_mtime >= source.stat().st_mtime:
+                continue
+        except OSError:
+            pass
+        stale += 1
+    if stale:
+        compileall.compile_dir(str(package), quiet=2)
+    return stale
 
 
 def in_slurm(env: dict[str, str]) -> bool:
@@ -276,6 +301,7 @@ def cmd_run(args: argparse.Namespace,
           flush=True)
     if args.dry_run:
         return 0
+    compile_bytecode()
     started = time.time()
     code = supervise(launch, output, started, args.end_grace)
     return code if output is None else outcome(code, output, started)

@@ -230,3 +230,36 @@ def test_a_launcher_held_by_a_frozen_rank_is_ended_after_the_job_ended(tmp_path,
     t = time.monotonic()
     got = launch.supervise(hung, str(out), time.time() - 1, end_grace=1.0)
     assert got == code and time.monotonic() - t < 30
+
+
+def test_bytecode_is_compiled_once_before_the_ranks_start(tmp_path, monkeypatch):
+    """Ranks that find no bytecode compile every module they import, and
+    every job again where PYTHONDONTWRITEBYTECODE is set: the launcher
+    compiles the package's stale modules once (whatever that setting)."""
+    import importlib.util
+    import os
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py"):
+        (package / name).write_text("X = 1\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert launch.compile_bytecode(package) == 4
+    for source in package.rglob("*.py"):
+        assert os.path.exists(importlib.util.cache_from_source(str(source)))
+    assert launch.compile_bytecode(package) == 0
+    later = os.stat(package / "a.py").st_mtime + 10
+    os.utime(package / "a.py", (later, later))  # an edited module
+    assert launch.compile_bytecode(package) == 1
+
+    # mpips run compiles before it starts the ranks (and not on --dry-run)
+    calls = []
+    monkeypatch.setattr(launch, "compile_bytecode", lambda: calls.append("compile") or 0)
+    monkeypatch.setattr(launch, "supervise", lambda *a, **k: calls.append("launch") or 0)
+    args = launch.argparse.Namespace(program=["bench", "kv"], ranks=3, launcher="auto",
+                                     no_ft=False, mpi_arg=[], dry_run=False, end_grace=5.0)
+    assert launch.cmd_run(args, lambda program, ranks: (0, None)) == 0
+    assert calls == ["compile", "launch"]
+    calls.clear()
+    args.dry_run = True
+    assert launch.cmd_run(args, lambda program, ranks: (0, None)) == 0
+    assert calls == []

@@ -231,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
                   "without it", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
+    from ..launch import compile_bytecode
+    compile_bytecode()  # as mpips run does before a job starts
     train, test = read_rows(args.train), read_rows(args.test)
     X = Xt = None
     if "liblinear" not in skip or "sgd" not in skip:  # scikit-learn's matrices
