@@ -7,3 +7,10 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.name == "test_van_mpi.py" and not config.getoption("with_mpi", False):
         return True
     return None
+
+
+def pytest_sessionstart(session):
+    # The tests start many ranks by mpiexec directly: compile mpips's modules
+    # once, as mpips run does (mpips.launch.compile_bytecode).
+    from mpips.launch import compile_bytecode
+    compile_bytecode()
