@@ -312,3 +312,24 @@ def test_kept_minibatches_share_one_budget():
     assert cache.used == 0
     list(cache.fill("b", [20, 30], size=int))
     assert cache.get("b") == [20, 30] and cache.used == 50
+
+
+def test_bench_peers_takes_several_rank_counts_and_gives_both_ratios():
+    import argparse
+
+    from mpips.bench.peers import rank_counts, table
+    assert rank_counts("4") == [4] and rank_counts("3,4") == [3, 4]
+    for bad in ("2", "3,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rank_counts(bad)
+    runs = [{"system": "vw", "wall": 1.0, "to_target": 1.0, "auc": 0.9, "logloss": 0.3,
+             "train_seconds": 1.0, "examples": 100},
+            {"system": "mpips -n 3", "wall": 3.0, "to_target": 1.5, "auc": 0.91,
+             "logloss": 0.3, "train_seconds": 2.0, "examples": 100},
+            {"system": "mpips -n 4", "wall": 4.0, "to_target": None, "auc": 0.85,
+             "logloss": 0.4, "train_seconds": 2.0, "examples": 100}]
+    lines = table(runs, 0.899).splitlines()
+    assert "x VW to AUC" in lines[0]
+    three, four = lines[2].split(), lines[3].split()
+    assert three[:3] == ["mpips", "-n", "3"] and three[-2:] == ["3.00", "1.50"]
+    assert four[-2:] == ["4.00", "-"] and "not reached" in lines[3]

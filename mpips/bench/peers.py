@@ -3,12 +3,14 @@ Wabbit and scikit-learn on the same converted data and the same test rows,
 interleaved round by round, as one table.
 
     python -m mpips bench peers jobs/news20.toml --train data/news20 \\
-        --test data/news20-test [--np 4] [--rounds 3] [--passes 5] [-o k=v ...]
+        --test data/news20-test [--np 4 | --np 3,4] [--rounds 3] [--passes 5] [-o k=v ...]
 
 Each round runs, one after the other (never two at once):
 
 - mpips: ``mpiexec -n NP python -m mpips train JOB`` with the job's settings
-  (overrides with ``-o``); wall time is the whole command, start-up included;
+  (overrides with ``-o``), launched as ``mpips run`` launches, once per rank
+  count of ``--np`` (on 2 cores 3 ranks, one worker, can beat 4: the ranks
+  share the cores); wall time is the whole command, start-up included;
   time to target = start-up (wall minus the job's own seconds) plus the
   ``time`` of the first test line of metrics.jsonl at or above the target;
 - Vowpal Wabbit (``pip install vowpalwabbit``, or ``mpips[peers]``): its
@@ -24,7 +26,8 @@ Each round runs, one after the other (never two at once):
 The target AUC is ``--target``, else VW's final AUC of the first round minus
 0.001. The table gives min / median / max over rounds of the wall time, the
 time to target, the final test AUC and logloss, training examples per second
-(examples over training time) and the ratio of each median time to VW's.
+(examples over training time) and the ratios of the median wall time and the
+median time to target to VW's median (VW reaches the target at its end).
 Load averages are printed next to the table: compare on a quiet machine.
 """
 
@@ -120,7 +123,7 @@ def run_mpips(job: str, train: str, test: str, np_: int, overrides: list[str],
     startup = wall - final["job_seconds"]
     hit = None if target is None else next(
         (startup + t["time"] for t in tests if t["auc"] >= target), None)
-    return {"system": "mpips", "wall": wall, "to_target": hit, "auc": final["auc"],
+    return {"system": "mpips", "ranks": np_, "wall": wall, "to_target": hit, "auc": final["auc"],
             "logloss": final.get("logloss"), "train_seconds": final["job_seconds"],
             "examples": final["examples"], "startup": startup,
             "first_push": final.get("first_push_s"), "phases": final.get("worker_phases"),
@@ -185,30 +188,50 @@ def _mmm(values: list[float | None], fmt: str = ".2f") -> str:
 
 
 def table(results: list[dict[str, Any]], target: float | None) -> str:
+    """min / median / max per system; the ratios are of medians to VW's
+    (wall time, and time to the target AUC: VW reaches it at its end)."""
     systems = list(dict.fromkeys(r["system"] for r in results))
     vw = [r["wall"] for r in results if r["system"] == "vw"]
     vw_median = statistics.median(vw) if vw else None
     to = f"to AUC {target:.4f} s" if target is not None else "to target s"
     lines = [f"{'system':18s} {'wall s (min/med/max)':>22s} {to:>24s} "
-             f"{'test AUC':>24s} {'logloss':>8s} {'examples/s':>11s} {'x VW':>6s}"]
+             f"{'test AUC':>24s} {'logloss':>8s} {'examples/s':>11s} {'x VW':>6s} "
+             f"{'x VW to AUC':>11s}"]
     for s in systems:
         rs = [r for r in results if r["system"] == s]
         wall = [r["wall"] for r in rs]
         rate = statistics.median(r["examples"] / max(r["train_seconds"], 1e-9) for r in rs)
         ratio = f"{statistics.median(wall) / vw_median:6.2f}" if vw_median else "     -"
+        reached = [r["to_target"] for r in rs if r["to_target"] is not None]
+        to_ratio = (f"{statistics.median(reached) / vw_median:11.2f}"
+                    if vw_median and len(reached) == len(rs) else f"{'-':>11s}")
         losses = [r["logloss"] for r in rs if r["logloss"] is not None]
         lines.append(f"{s:18s} {_mmm(wall):>22s} {_mmm([r['to_target'] for r in rs]):>24s} "
                      f"{_mmm([r['auc'] for r in rs], '.4f'):>24s} "
                      f"{statistics.median(losses) if losses else float('nan'):8.4f} "
-                     f"{rate:11.4g} {ratio}")
+                     f"{rate:11.4g} {ratio} {to_ratio}")
     return "\n".join(lines)
+
+
+def rank_counts(text: str) -> list[int]:
+    """``--np``: one rank count or several, comma-separated (each at least 3)."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--np {text!r}: rank counts, e.g. 4 or 3,4") from None
+    if not counts or min(counts) < 3:
+        raise argparse.ArgumentTypeError(f"--np {text!r}: a job needs at least 3 ranks "
+                                         "(scheduler, server, worker)")
+    return counts
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="mpips job file (app 'linear')")
     p.add_argument("--train", required=True, help="converted training data folder")
     p.add_argument("--test", required=True, help="converted test data folder")
-    p.add_argument("--np", type=int, default=4, help="mpiexec ranks for mpips (default 4)")
+    p.add_argument("--np", type=rank_counts, default=[4], metavar="N[,N...]",
+                   help="mpiexec ranks for mpips (default 4); several, e.g. 3,4: each is "
+                        "a system of its own in every round (mpips -n 3, mpips -n 4)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--passes", type=int, default=5, help="VW and SGD passes (default 5)")
     p.add_argument("--target", type=float, help="test AUC to reach (default: VW's first "
@@ -258,8 +281,11 @@ def run(args: argparse.Namespace) -> int:
                                     work))
                 if target is None:
                     target = batch[-1]["auc"] - 0.001
-            batch.append(run_mpips(args.job, args.train, args.test, args.np, args.overrides,
-                                   target))
+            for ranks in args.np:
+                batch.append(run_mpips(args.job, args.train, args.test, ranks, args.overrides,
+                                       target))
+                if len(args.np) > 1:
+                    batch[-1]["system"] = f"mpips -n {ranks}"
             if "liblinear" not in skip:
                 batch.append(run_liblinear(X, train[3], Xt, test[3]))
             if "sgd" not in skip:
@@ -273,26 +299,27 @@ def run(args: argparse.Namespace) -> int:
                 append_jsonl(args.json, batch)
             results += batch
             loads.append(os.getloadavg()[0])
-    if target is not None and any(r["system"] == "mpips" for r in results):
+    if target is not None and any(r["system"].startswith("mpips") for r in results):
         for r in results:  # mpips ran with the target; others reach it at their end or not
             if r["system"] in ("vw", "sklearn liblinear") and r["auc"] >= target:
                 r["to_target"] = r["wall"]
     print(f"\n{args.rounds} rounds, interleaved; load average {min(loads):.1f}-{max(loads):.1f}")
     print(table(results, target))
-    timed = [r for r in results if r["system"] == "mpips" and r.get("phases")]
-    if timed:
-        print(phase_line(timed))
+    for system in dict.fromkeys(r["system"] for r in results):
+        timed = [r for r in results if r["system"] == system and r.get("phases")]
+        if timed:
+            print(phase_line(timed, system))
     return 0
 
 
-def phase_line(runs: list[dict[str, Any]]) -> str:
+def phase_line(runs: list[dict[str, Any]], system: str = "mpips") -> str:
     """mpips: the median seconds of each worker phase over the rounds (the
     job's own table, mpips.apps.linear.app.time_table), and start-up."""
     med = {k: statistics.median(r["phases"].get(k, 0.0) for r in runs) for k in runs[0]["phases"]}
     total = statistics.median(r["worker_seconds"] for r in runs)
     parts = ", ".join(f"{k} {v:.2f} ({100 * v / max(total, 1e-9):.0f}%)" for k, v in med.items())
     first = [r["first_push"] for r in runs if r.get("first_push") is not None]
-    return (f"mpips, seconds per worker (median of {len(runs)} rounds, {total:.2f} s): {parts}"
+    return (f"{system}, seconds per worker (median of {len(runs)} rounds, {total:.2f} s): {parts}"
             + (f"; first push {statistics.median(first):.2f} s after launch" if first else ""))
 
 
