@@ -88,3 +88,24 @@ def test_store_with_the_index_from_the_first_search_matches_reference(delta_min,
     want = np.array([ref[k] for k in keys.tolist()]).reshape(-1, 2)
     np.testing.assert_allclose(store.pull(keys[::-1][::-1].copy(), sender="check"), want,
                                rtol=1e-5)
+
+
+def test_the_kernel_is_loaded_after_enough_searching_not_at_a_run_size(monkeypatch):
+    """numba's import costs about a second of CPU: a store of 2^16 keys or
+    more must not start it before its searches could win that back."""
+    started = []
+    monkeypatch.setattr(index_module, "compiled_search", lambda: None)  # not loaded yet
+    monkeypatch.setattr(index_module, "prepare_compiled_search", lambda: started.append(1))
+    monkeypatch.setattr(index_module, "_searched", 0)
+    monkeypatch.setattr(index_module, "COMPILED_AFTER_KEYS", 30_000)
+    run = np.unique(mix64(np.arange(index_module.COMPILED_MIN_RUN + 10, dtype=np.uint64)))
+    index = RadixIndex.build(run)
+    small = np.unique(mix64(np.arange(2000, dtype=np.uint64)))
+    small_index = RadixIndex.build(small)
+    queries = run[::5][:10_000]
+    for _ in range(2):
+        index.search(run, queries)
+        small_index.search(small, queries)  # a small run: its searches are not counted
+    assert started == []  # 20000 keys searched in the large run
+    index.search(run, queries)
+    assert started  # 30000: the kernel starts loading

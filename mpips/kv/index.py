@@ -34,8 +34,15 @@ NUMPY_MIN_RUN = 1 << 16
 NUMPY_MIN_QUERIES = 2048
 # Keys counted per pass while building: temporaries stay in the cache.
 BUILD_CHUNK = 1 << 16
-# A store loads the numba kernel (in the background) once a run holds this many keys.
+# A process loads the numba kernel (in the background) once its indexes have
+# searched COMPILED_AFTER_KEYS keys in runs of at least COMPILED_MIN_RUN keys:
+# numba's import and the compilation cost about a second of CPU, taken from
+# the server's own thread (they hold the GIL) and from the ranks it shares
+# the cores with, which the kernel's 10-25 ns a key (the table in
+# docs/performance.md) wins back only over some 5e7-1e8 keys.
 COMPILED_MIN_RUN = 1 << 16
+COMPILED_AFTER_KEYS = 1 << 26
+_searched = 0
 
 
 def _load_radix_search() -> Callable:
@@ -51,10 +58,19 @@ KERNEL = Kernel("radix-search", _load_radix_search)
 
 
 def prepare_compiled_search() -> None:
-    """Load the kernel in the background (a store calls this once it holds
-    COMPILED_MIN_RUN keys; small jobs never import numba); until it is
-    ready, searches take the numpy passes."""
+    """Load the kernel in the background (searches call this once they
+    searched COMPILED_AFTER_KEYS keys in large runs; small jobs never import
+    numba); until it is ready, searches take the numpy passes."""
     KERNEL.prepare()
+
+
+def _count_search(keys: int) -> None:
+    """Keys searched in a run of COMPILED_MIN_RUN keys or more while the
+    kernel is not loaded; enough of them start its loading."""
+    global _searched
+    _searched += keys
+    if _searched >= COMPILED_AFTER_KEYS:
+        prepare_compiled_search()
 
 
 def load_compiled_search() -> Callable | None:
@@ -123,6 +139,8 @@ class RadixIndex:
             out = np.empty(queries.size, dtype=np.intp)
             kernel(run, self._base, self._shift, self._starts, queries, out)
             return out
+        if self.size >= COMPILED_MIN_RUN:
+            _count_search(queries.size)
         if queries.size < NUMPY_MIN_QUERIES and self.size < NUMPY_MIN_RUN:
             # a run in cache and few queries: the numpy passes' fixed costs
             # exceed a binary search

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..handles import Handle
-from .index import COMPILED_MIN_RUN, RadixIndex, prepare_compiled_search
+from .index import RadixIndex
 
 # Slots kept for repeated key lists, per store, at least (8 bytes each, plus
 # the keys of lists not named by a signature); a store of more keys keeps as
@@ -375,8 +375,6 @@ class SortedStore:
             self._searched_since_change += keys.size
             if self._searched_since_change >= INDEX_AFTER * stored.size:
                 self._index = RadixIndex.build(stored)
-                if self._index is not None and stored.size >= COMPILED_MIN_RUN:
-                    prepare_compiled_search()
                 # uneven keys (no index): do not try again before the next change
                 self._searched_since_change = -(1 << 62) if self._index is None else 0
         if self._index is not None:
