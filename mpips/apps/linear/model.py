@@ -108,27 +108,28 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
     import scipy.sparse as sp
     rows = labels.size
     uniq, cols = localise(keys)
-    data = np.ones(keys.size) if values is None else values.astype(np.float64)
     y = labels.astype(np.float64)
     if not bias:
+        data = np.ones(keys.size) if values is None else values.astype(np.float64)
         return Batch(uniq, sp.csr_matrix((data, cols, indptr), shape=(rows, uniq.size)), y)
     at = int(np.searchsorted(uniq, BIAS_KEY))
     if at < uniq.size and uniq[at] == BIAS_KEY:
         ncols = uniq.size  # a data key equal to the bias key: share the column
     else:
         uniq = np.insert(uniq, at, BIAS_KEY)
-        cols = cols + (cols >= at)
+        cols = cols + (cols >= at).astype(cols.dtype)
         ncols = uniq.size
     # Row r's entries move down by r (the bias entries of rows before it).
     new_indptr = indptr + np.arange(rows + 1, dtype=indptr.dtype)
     bias_slots = new_indptr[1:] - 1
     is_data = np.ones(new_indptr[-1], bool)
     is_data[bias_slots] = False
-    new_cols = np.empty(new_indptr[-1], np.int64)
+    new_cols = np.empty(new_indptr[-1], cols.dtype)
     new_cols[is_data] = cols
     new_cols[bias_slots] = at
     new_data = np.ones(new_indptr[-1])
-    new_data[is_data] = data
+    if values is not None:  # binary rows: every entry, the bias too, is 1 already
+        new_data[is_data] = values
     X = sp.csr_matrix((new_data, new_cols, new_indptr), shape=(rows, ncols))
     return Batch(uniq, X, y, at)
 
