@@ -113,6 +113,12 @@ class App:
     def tables(self) -> list[Table]:
         raise NotImplementedError
 
+    def before_mpi(self, role: str | None) -> None:
+        """Called before MPI starts, with the role this rank will most likely
+        have (:func:`mpips.layout.likely_role`; None: unknown): import here
+        what that role will need, while the other ranks start too (start-up
+        is CPU-bound where ranks share cores). A wrong guess costs only time."""
+
     def work_queue(self) -> WorkQueue | None:
         """On the scheduler: the queue whose tasks workers take with
         ``po.next_task()``, or None for apps without one."""

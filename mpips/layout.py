@@ -19,6 +19,30 @@ class LayoutError(ValueError):
     """The ranks cannot make a job: too few, or no server or no worker."""
 
 
+# Where launchers tell a process its rank and the job's size before MPI
+# starts: Open MPI, MPICH's hydra (and Intel MPI), Slurm's srun.
+LAUNCHER_RANK_VARIABLES = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                           ("PMI_RANK", "PMI_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
+
+
+def likely_role(env: dict[str, str], servers: int = 0) -> str | None:
+    """The role this process will most likely have, from the launcher's
+    variables and a one-host layout, before MPI starts; None where no
+    launcher said. A hint only (with several hosts servers may be placed
+    elsewhere): the runtime takes the roles from :func:`make_layout` once
+    MPI runs."""
+    for rank_var, size_var in LAUNCHER_RANK_VARIABLES:
+        try:
+            rank, size = int(env[rank_var]), int(env[size_var])
+        except (KeyError, ValueError):
+            continue
+        try:
+            return make_layout(size, servers).role(rank)
+        except LayoutError:
+            return None
+    return None
+
+
 def default_servers(world_size: int) -> int:
     """About a third of the non-scheduler ranks serve, at least one."""
     return max(1, (world_size - 1) // 3)

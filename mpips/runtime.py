@@ -13,6 +13,7 @@ from . import startup
 from .app import App
 from .config import Config
 from .kv.server import KVServer
+from .layout import likely_role
 from .postoffice import ALL, JobPreempted, Postoffice, van_for
 from .scheduler import Scheduler
 from .status import write_status
@@ -21,6 +22,7 @@ from .transport import Message, Op
 
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
+    app.before_mpi(likely_role(dict(os.environ), cfg.layout.servers))
     van = van_for(cfg)
     startup.mark("MPI ready")
     try:

@@ -77,3 +77,20 @@ def test_a_job_loads_the_sections_it_names_and_the_others_when_read():
     cfg = config.load(None, [])
     assert cfg.lda.topics == config.load(None, ["lda.topics=" + str(cfg.lda.topics)]).lda.topics
     assert set(cfg.as_dict()) == set(config.SECTIONS)
+
+
+def test_a_linear_worker_imports_scipy_before_mpi_starts_and_the_others_do_not():
+    """Ranks learn their role from the launcher's variables before MPI_Init
+    (a hint, from a one-host layout): the worker's scipy.sparse import then
+    overlaps the other ranks' start-up instead of following MPI_Init."""
+    from mpips.layout import SCHEDULER, SERVER, WORKER, likely_role
+    assert likely_role({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}) == SCHEDULER
+    assert likely_role({"PMI_RANK": "1", "PMI_SIZE": "4"}, servers=1) == SERVER
+    assert likely_role({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"}, servers=1) == WORKER
+    assert likely_role({}) is None  # no launcher: no guess
+    assert likely_role({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}) is None
+    code = ("from mpips import config\nfrom mpips.apps.linear.app import LinearApp\n"
+            "cfg = config.load(None, ['job.app=linear'])\nLinearApp(cfg).before_mpi({!r})")
+    for role, wants in ((WORKER, True), (SERVER, False), (SCHEDULER, False), (None, False)):
+        got = _imports(code.format(role))
+        assert ("scipy.sparse" in got) == wants, role
