@@ -125,3 +125,24 @@ def test_data_section_defaults_and_overrides():
     assert cfg.data.epochs == 1 and cfg.data.shuffle is True
     with pytest.raises(config.ConfigError, match="minibatch"):
         config.load(None, ["data.minibatch=0"])
+
+
+def test_the_value_scale_reads_only_values_and_no_file_for_binary_data(tmp_path, monkeypatch):
+    """lr_scale = auto: every rank reads the first partition's values; a
+    binary data set (no values stored) opens no file at all."""
+    from mpips.apps.linear import app as linear_app
+    text = tmp_path / "real.libsvm"
+    text.write_text("1 1:0.5 3:-1.5\n0 2:2.0\n1 1:1.0 2:0.25 4:3.0\n")
+    binary = tmp_path / "binary.libsvm"
+    binary.write_text("1 1:1 3:1\n0 2:1\n")
+    real, ones = convert_to(tmp_path, [text], name="real"), convert_to(tmp_path, [binary],
+                                                                        name="ones")
+    path = load_manifest(real).paths[0]
+    with PartitionReader(path) as reader:
+        np.testing.assert_allclose(reader.read_values(0, 2), [0.5, -1.5, 2.0])
+        np.testing.assert_allclose(reader.read_values(1, 99), [2.0, 1.0, 0.25, 3.0])
+    assert linear_app.value_scale(load_manifest(real)) == pytest.approx(8.25 / 6)
+    assert linear_app.value_scale(load_manifest(real), sample_rows=1) == pytest.approx(1.0)
+    opened = []
+    monkeypatch.setattr(linear_app, "PartitionReader", lambda *a: opened.append(a))
+    assert linear_app.value_scale(load_manifest(ones)) == 1.0 and opened == []

@@ -140,6 +140,22 @@ class PartitionReader:
         """The stored ``indptr[row]`` (reads one number)."""
         return int(self._h5["indptr"][row])
 
+    def read_values(self, start: int, stop: int) -> np.ndarray | None:
+        """The stored values of rows ``[start, stop)`` alone (None where every
+        value is 1): one read of two indptr entries and one of the values."""
+        if not self.has_values:
+            return None
+        start, stop = max(0, start), min(stop, self.rows)
+        lo, hi = self.indptr_at(start), self.indptr_at(stop)
+        if not 0 <= lo <= hi <= self.nnz:
+            raise PartitionError(f"{self.path}: corrupt rows {start}..{stop}: indptr runs "
+                                 f"{lo}..{hi} of {self.nnz} values "
+                                 "(python -m data_tools verify tells more)")
+        try:
+            return self._h5["values"][lo:hi]
+        except (OSError, KeyError) as e:
+            raise PartitionError(f"{self.path}: cannot read rows {start}..{stop}: {e}") from None
+
     def read(self, start: int, stop: int) -> Minibatch:
         """Rows ``[start, stop)`` in one read per array."""
         start, stop = max(0, start), min(stop, self.rows)

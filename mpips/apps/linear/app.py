@@ -116,11 +116,13 @@ def value_scale(manifest: Manifest | None, sample_rows: int = 20_000) -> float:
     if manifest is None or not manifest.partitions:
         return 1.0
     part = manifest.partitions[0]
+    if not part.has_values:
+        return 1.0  # the manifest says so: no file to open
     with PartitionReader(part.path) as reader:
-        mb = reader.read(0, min(reader.rows, sample_rows))
-    if mb.values is None or mb.values.size == 0:
+        values = reader.read_values(0, sample_rows)
+    if values is None or values.size == 0:
         return 1.0
-    mean = float(np.abs(mb.values).mean())
+    mean = float(np.abs(values).mean())
     return mean if mean > 0 else 1.0
 
 
