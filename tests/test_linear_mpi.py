@@ -204,6 +204,23 @@ def test_verify_sha256_refuses_a_changed_partition(ctr, tmp_path):
     assert f"{part}: checksum mismatch" in proc.stderr, proc.stderr[-2000:]
 
 
+def test_a_test_partition_that_cannot_be_read_fails_the_job_by_name(ctr, tmp_path):
+    """The test share is read in a background thread while training starts:
+    its error must still end the job, naming the file."""
+    import shutil
+
+    test = tmp_path / "test"
+    shutil.copytree(ctr / "test", test)
+    part = sorted(test.glob("part-*.h5"))[0]
+    part.write_bytes(b"not an HDF5 file")
+    proc = run_mpi(4, "python", "-m", "mpips", "train", str(ROOT / "jobs" / "demo.toml"),
+                   *[a for o in ctr_job(ctr) for a in ("-o", o)], "-o", f"data.test={test}",
+                   "-o", f"job.output={tmp_path / 'out'}", timeout=120)
+    assert proc.returncode != 0
+    assert f"{part}: not a readable HDF5 file" in proc.stdout + proc.stderr, \
+        (proc.stdout + proc.stderr)[-2000:]
+
+
 def converted(tmp: Path, name: str, rows: int) -> Path:
     out = tmp / name
     proc = run_py("-m", "data_tools", "convert", str(shared_file(f"{name}.libsvm.gz")),

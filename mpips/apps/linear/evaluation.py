@@ -12,6 +12,7 @@ round and computes logloss, AUC and accuracy.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,42 @@ class Evaluator:
         # this worker's localised test share is kept there for the next
         # rounds, within the budget its training minibatches share
         self.cache = cache
+        self._early: tuple[threading.Thread, tuple[int, int], list] | None = None
+
+    def prepare_share(self) -> None:
+        """Read and localise this worker's test share in a background thread,
+        while training starts: the first round then scores at once. numpy's
+        sorts and gathers run outside the GIL, so the
+        thread takes a core the training leaves idle (the worker's waits for
+        the servers); with every core busy it costs what the first round
+        would. The thread calls no MPI and touches no state but its own."""
+        if not self.app.test_rows or self._early is not None \
+                or self.cache.get(TEST_SHARE) is not None:
+            return
+        out: list = []  # the pieces, or [exception]
+
+        def build() -> None:
+            try:
+                out.extend((batch_of(mb, self.lc.bias), first)
+                           for mb, first in self._test_share())
+            except BaseException as e:  # re-raised where the share is used
+                out[:] = [e]
+
+        thread = threading.Thread(target=build, name="mpips-test-share", daemon=True)
+        self._early = (thread, (self.index, self.workers), out)
+        thread.start()
+
+    def _prepared_share(self) -> list[tuple[Batch, int]] | None:
+        """The share :meth:`prepare_share` built (waiting for it), or None
+        where it built none or the shares were cut anew since."""
+        if self._early is None:
+            return None
+        thread, cut, out = self._early
+        self._early = None
+        thread.join()
+        if out and isinstance(out[0], BaseException):
+            raise out[0]
+        return out if cut == (self.index, self.workers) else None
 
     def survivors(self) -> None:
         """After a worker died, the survivors share the final scoring, and the
@@ -94,6 +131,10 @@ class Evaluator:
         kept = self.cache.get(TEST_SHARE)
         if kept is not None:
             return iter(kept)
+        built = self._prepared_share()
+        if built is not None:
+            return self.cache.fill(TEST_SHARE, built, want=bool(self.epochs),
+                                   size=lambda piece: batch_bytes(piece[0]))
         return self.cache.fill(TEST_SHARE, ((batch_of(mb, self.lc.bias), first)
                                             for mb, first in self._test_share()),
                                want=bool(self.epochs), size=lambda piece: batch_bytes(piece[0]))

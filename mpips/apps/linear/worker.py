@@ -107,6 +107,8 @@ class LinearWorker:
             self.clock.seconds["evaluate"] += time.perf_counter() - t
             self.counters["epoch"] = task_epoch
             self._train(batches)
+            # after the first task, not before: start-up needs the cores
+            ev.prepare_share()  # read and localised in the background meanwhile
             t = time.perf_counter()
             ev.reduce_ready_rounds(block=False)
             self.clock.seconds["evaluate"] += time.perf_counter() - t
