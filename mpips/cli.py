@@ -26,10 +26,9 @@ APPS = {"linear": "mpips.apps.linear:LinearApp",
 
 def launch_rank() -> int:
     """This process's rank as the launcher tells it, before MPI starts (0 alone)."""
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+    from .layout import launcher_rank
+    told = launcher_rank(os.environ)
+    return 0 if told is None else told[0]
 
 
 def _fail(text: str, code: int = 2) -> int:

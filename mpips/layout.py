@@ -8,6 +8,7 @@ hosts, servers are taken from the hosts in turn, so that neighbours on the ring
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 SCHEDULER = "scheduler"
@@ -20,27 +21,41 @@ class LayoutError(ValueError):
 
 
 # Where launchers tell a process its rank and the job's size before MPI
-# starts: Open MPI, MPICH's hydra (and Intel MPI), Slurm's srun.
-LAUNCHER_RANK_VARIABLES = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                           ("PMI_RANK", "PMI_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
+# starts: Open MPI, PMIx (srun --mpi=pmix: the size is Slurm's), MPICH's
+# hydra (and Intel MPI), Slurm's srun.
+LAUNCHER_VARIABLES = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                      ("PMIX_RANK", "SLURM_NTASKS"), ("PMI_RANK", "PMI_SIZE"),
+                      ("SLURM_PROCID", "SLURM_NTASKS"))
 
 
-def likely_role(env: dict[str, str], servers: int = 0) -> str | None:
+def launcher_rank(env: Mapping[str, str]) -> tuple[int, int | None] | None:
+    """``(rank, world size or None)`` as the launcher tells this process
+    before MPI starts; None where no launcher said."""
+    for rank_var, size_var in LAUNCHER_VARIABLES:
+        try:
+            rank = int(env[rank_var])
+        except (KeyError, ValueError):
+            continue
+        try:
+            return rank, int(env[size_var])
+        except (KeyError, ValueError):
+            return rank, None
+    return None
+
+
+def likely_role(env: Mapping[str, str], servers: int = 0) -> str | None:
     """The role this process will most likely have, from the launcher's
     variables and a one-host layout, before MPI starts; None where no
     launcher said. A hint only (with several hosts servers may be placed
     elsewhere): the runtime takes the roles from :func:`make_layout` once
     MPI runs."""
-    for rank_var, size_var in LAUNCHER_RANK_VARIABLES:
-        try:
-            rank, size = int(env[rank_var]), int(env[size_var])
-        except (KeyError, ValueError):
-            continue
-        try:
-            return make_layout(size, servers).role(rank)
-        except LayoutError:
-            return None
-    return None
+    told = launcher_rank(env)
+    if told is None or told[1] is None:
+        return None
+    try:
+        return make_layout(told[1], servers).role(told[0])
+    except LayoutError:
+        return None
 
 
 def default_servers(world_size: int) -> int:

@@ -22,7 +22,10 @@ from .transport import Message, Op
 
 def run(cfg: Config, app: App) -> None:
     """Every rank calls this; it does not return (the process exits)."""
-    app.before_mpi(likely_role(dict(os.environ), cfg.layout.servers))
+    try:
+        app.before_mpi(likely_role(os.environ, cfg.layout.servers))
+    except Exception:  # only a head start: the role's own imports report errors
+        pass
     van = van_for(cfg)
     startup.mark("MPI ready")
     try:

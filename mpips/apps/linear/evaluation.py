@@ -75,43 +75,45 @@ class Evaluator:
         # this worker's localised test share is kept there for the next
         # rounds, within the budget its training minibatches share
         self.cache = cache
-        self._early: tuple[threading.Thread, tuple[int, int], list] | None = None
+        self._share_build: _ShareBuild | None = None
 
     def prepare_share(self) -> None:
         """Read and localise this worker's test share in a background thread,
-        while training starts: the first round then scores at once. numpy's
-        sorts and gathers run outside the GIL, so the
-        thread takes a core the training leaves idle (the worker's waits for
-        the servers); with every core busy it costs what the first round
-        would. The thread calls no MPI and touches no state but its own."""
-        if not self.app.test_rows or self._early is not None \
-                or self.cache.get(TEST_SHARE) is not None:
+        while training goes on: the first round then scores at once. numpy's
+        sorts and gathers leave the GIL, so the thread runs on what the
+        worker's waits for the servers leave idle. Only a share that will be
+        kept for later rounds within ``[linear] cache_bytes`` is built early
+        (an estimate from the test set's size), so that no share is held
+        whole that would otherwise be streamed. The thread calls no MPI; what
+        it shares with the main thread is h5py (serialised by its lock) and
+        localisation's count of keys localised (a hint for loading a kernel)."""
+        if not self.app.test_rows or not self.epochs or self._share_build is not None \
+                or self.cache.get(TEST_SHARE) is not None \
+                or self._share_bytes_estimate() > self.cache.budget - self.cache.used:
             return
-        out: list = []  # the pieces, or [exception]
+        self._share_build = _ShareBuild(self, self.index, self.workers)
 
-        def build() -> None:
-            try:
-                out.extend((batch_of(mb, self.lc.bias), first)
-                           for mb, first in self._test_share())
-            except BaseException as e:  # re-raised where the share is used
-                out[:] = [e]
-
-        thread = threading.Thread(target=build, name="mpips-test-share", daemon=True)
-        self._early = (thread, (self.index, self.workers), out)
-        thread.start()
+    def _share_bytes_estimate(self) -> float:
+        """About what this worker's localised test share holds (see
+        :func:`batch_bytes`): at most 24 bytes an entry and 16 a row, plus the
+        bias entry of each row."""
+        if self.synthetic is not None:
+            rows, nnz = self.lc.synthetic_test_rows, self.lc.synthetic_test_rows * \
+                self.lc.synthetic_nnz
+        else:
+            assert self.app.test is not None
+            rows = sum(p.rows for p in self.app.test.partitions)
+            nnz = sum(p.nnz for p in self.app.test.partitions)
+        return (24.0 * (nnz + rows) + 16.0 * rows) / self.workers
 
     def _prepared_share(self) -> list[tuple[Batch, int]] | None:
         """The share :meth:`prepare_share` built (waiting for it), or None
         where it built none or the shares were cut anew since."""
-        if self._early is None:
+        build, self._share_build = self._share_build, None
+        if build is None:
             return None
-        thread, cut, out = self._early
-        self._early = None
-        thread.join()
-        if out and isinstance(out[0], BaseException):
-            raise out[0]
-        return out if cut == (self.index, self.workers) else None
-
+        pieces = build.result()
+        return pieces if build.cut == (self.index, self.workers) else None
     def survivors(self) -> None:
         """After a worker died, the survivors share the final scoring, and the
         rounds the dead worker never completed are left out."""
@@ -136,22 +138,24 @@ class Evaluator:
             return self.cache.fill(TEST_SHARE, built, want=bool(self.epochs),
                                    size=lambda piece: batch_bytes(piece[0]))
         return self.cache.fill(TEST_SHARE, ((batch_of(mb, self.lc.bias), first)
-                                            for mb, first in self._test_share()),
+                                            for mb, first in self._test_share(
+                                                self.index, self.workers)),
                                want=bool(self.epochs), size=lambda piece: batch_bytes(piece[0]))
 
-    def _test_share(self) -> Iterator[tuple[Minibatch, int]]:
-        """This worker's test rows in pieces, with the global id of each piece's first row."""
+    def _test_share(self, index: int, workers: int) -> Iterator[tuple[Minibatch, int]]:
+        """Share ``index`` of ``workers`` of the test rows in pieces, with the
+        global id of each piece's first row."""
         step = self.lc.eval_batch
         if self.synthetic is not None:
             rows, _ = self.synthetic.rows(self.lc.synthetic_test_rows, 0)
-            lo, hi = share_of_rows(rows.rows, self.index, self.workers)
+            lo, hi = share_of_rows(rows.rows, index, workers)
             for a in range(lo, hi, step):
                 yield rows.slice(a, min(a + step, hi)), a
             return
         assert self.app.test is not None
         chunk = self.app.cfg.data.chunk_rows
         for part in self.app.test.partitions:
-            for mb in read_share(part.path, self.index, self.workers, step, chunk):
+            for mb in read_share(part.path, index, workers, step, chunk):
                 yield mb, part.first_row + mb.first_row
 
     def score_round(self, epoch: int, kv: KVWorker) -> None:
@@ -260,3 +264,29 @@ class Evaluator:
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
         self.counters["test_final"] = int(final)
         self.report()
+
+
+class _ShareBuild:
+    """A test share being read and localised in a thread of its own."""
+
+    def __init__(self, ev: Evaluator, index: int, workers: int):
+        self.cut = (index, workers)  # the share it builds
+        self._pieces: list[tuple[Batch, int]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._build, args=(ev, index, workers),
+                                        name="mpips-test-share", daemon=True)
+        self._thread.start()
+
+    def _build(self, ev: Evaluator, index: int, workers: int) -> None:
+        try:
+            self._pieces = [(batch_of(mb, ev.lc.bias), first)
+                            for mb, first in ev._test_share(index, workers)]
+        except BaseException as e:  # raised where the share is used
+            self._error = e
+
+    def result(self) -> list[tuple[Batch, int]]:
+        """The pieces, once built; the build's error, if it failed."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._pieces
