@@ -141,25 +141,42 @@ def leave_out_network_probe(env: dict[str, str], notes: list[str]) -> None:
 def compile_bytecode(package: Path = PACKAGE_DIR) -> int:
     """Compile the modules of ``package`` (mpips) that have no current
     bytecode, once, before the ranks start; returns how many. A rank that
-    finds none compiles every module it imports (about 70 ms of CPU on the
-    machine of docs/performance.md), and every rank of every job does it
-    again where Python writes no bytecode itself (PYTHONDONTWRITEBYTECODE, as
-    containers often set): start-up is CPU-bound when ranks share cores.
-    A folder it cannot write is left as it is (the ranks compile, as before)."""
-    import compileall
+    finds none compiles every module it imports, and every rank of every job
+    does it again where Python writes no bytecode itself
+    (PYTHONDONTWRITEBYTECODE, as containers often set): start-up is CPU-bound
+    when ranks share cores. Current means what Python checks: the source's
+    mtime and size in the header. A folder it cannot write is left alone."""
     import importlib.util
-    stale = 0
+    stale = []
     for source in package.rglob("*.py"):
         cached = Path(importlib.util.cache_from_source(str(source)))
-        try:
-            if cached.stat().st_mtime >= source.stat().st_mtime:
-                continue
-        except OSError:
-            pass
-        stale += 1
+        if not _bytecode_current(source, cached) and os.access(
+                cached.parent if cached.parent.is_dir() else source.parent, os.W_OK):
+            stale.append(source)
     if stale:
-        compileall.compile_dir(str(package), quiet=2)
-    return stale
+        import py_compile
+        for source in stale:
+            try:
+                py_compile.compile(str(source), doraise=True)
+            except (OSError, py_compile.PyCompileError):
+                pass  # the ranks compile it, as they did
+    return len(stale)
+
+
+def _bytecode_current(source: Path, cached: Path) -> bool:
+    """Whether ``cached`` is the bytecode Python would load for ``source``
+    (magic number, then the source's mtime and size, as importlib checks)."""
+    import importlib.util
+    try:
+        with open(cached, "rb") as f:
+            head = f.read(16)
+        st = source.stat()
+    except OSError:
+        return False
+    return (len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER
+            and int.from_bytes(head[4:8], "little") == 0  # timestamp-based
+            and int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+            and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF)
 
 
 def in_slurm(env: dict[str, str]) -> bool:
@@ -301,7 +318,10 @@ def cmd_run(args: argparse.Namespace,
           flush=True)
     if args.dry_run:
         return 0
-    compile_bytecode()
+    try:
+        compile_bytecode()
+    except OSError:
+        pass  # a head start only
     started = time.time()
     code = supervise(launch, output, started, args.end_grace)
     return code if output is None else outcome(code, output, started)

@@ -60,7 +60,7 @@ def test_localise_matches_unique():
 def _localise_cases() -> list[np.ndarray]:
     """Hashed keys, small ids, duplicates, one repeated key, every digit
     equal in some passes, the largest keys, and keys that share their
-    leading 32 bits (the radix sort's repair path)."""
+    leading 32 bits (the radix sort's repairs: by runs, or whole)."""
     rng = np.random.default_rng(4)
     hashed = rng.integers(0, 2**64, 300, dtype=np.uint64)
     return [rng.integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False),
@@ -72,7 +72,11 @@ def _localise_cases() -> list[np.ndarray]:
             (rng.integers(0, 20, 30_000).astype(np.uint64) << np.uint64(40))
             | rng.integers(0, 2**20, 30_000).astype(np.uint64),
             np.repeat(hashed, 3)[rng.permutation(900)],
-            np.array([7], np.uint64)]
+            np.array([7], np.uint64),
+            # small ids and one large key (the bias key of --keep-ids data):
+            # nearly all keys share their leading 32 bits
+            rng.permutation(np.r_[rng.integers(0, 5000, 20_000).astype(np.uint64),
+                                  np.full(100, 2**63 + 12345, np.uint64)])]
 
 
 def test_radix_localise_is_the_numpy_one_exactly():

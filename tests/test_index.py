@@ -91,8 +91,8 @@ def test_store_with_the_index_from_the_first_search_matches_reference(delta_min,
 
 
 def test_the_kernel_is_loaded_after_enough_searching_not_at_a_run_size(monkeypatch):
-    """numba's import costs about a second of CPU: a store of 2^16 keys or
-    more must not start it before its searches could win that back."""
+    """numba's import and compilation cost CPU: a store of 2^16 keys or more
+    must not start them before its searches could win that back."""
     started = []
     monkeypatch.setattr(index_module, "compiled_search", lambda: None)  # not loaded yet
     monkeypatch.setattr(index_module, "prepare_compiled_search", lambda: started.append(1))

@@ -250,6 +250,11 @@ def test_bytecode_is_compiled_once_before_the_ranks_start(tmp_path, monkeypatch)
     later = os.stat(package / "a.py").st_mtime + 10
     os.utime(package / "a.py", (later, later))  # an edited module
     assert launch.compile_bytecode(package) == 1
+    earlier = later - 1000
+    (package / "sub" / "b.py").write_text("X = 22\n")
+    os.utime(package / "sub" / "b.py", (earlier, earlier))  # replaced by an older file
+    assert launch.compile_bytecode(package) == 1  # as Python sees it: the header differs
+    assert launch.compile_bytecode(package) == 0
 
     # mpips run compiles before it starts the ranks (and not on --dry-run)
     calls = []

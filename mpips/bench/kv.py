@@ -210,7 +210,7 @@ class KVBench(App):
         vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
         # untimed, as the repeated rows' warm-up: the servers build their
         # stores' search index once enough keys were searched (a real job's
-        # steady state), and numba's kernel, where installed, is loaded
+        # steady state; numba's kernel, where installed, was loaded at start)
         self._timed(po, kv, "pull", fresh, vals, outs)
         rows = []
         for op in ("pull", "pushpull"):
@@ -269,8 +269,11 @@ class KVBench(App):
             baselines.raw_exchange(po.van, peers, out, inbox)
         return time.perf_counter() - t
 
-    def finish(self, po, workers, servers, elapsed) -> None:
+    def on_server_stop(self, po: Postoffice, server) -> dict[str, Any]:
         from ..kv.index import search_kernel_line
+        return {"search": search_kernel_line()}  # what this server searched with
+
+    def finish(self, po, workers, servers, elapsed) -> None:
         b = self.b
         nw, ns = len(workers), len(servers)
         lines = []
@@ -286,7 +289,8 @@ class KVBench(App):
               f"{kv.chunk_keys or 'unlimited'} keys; batching "
               f"{f'below {kv.coalesce_bytes} bytes' if kv.coalesce_bytes else 'off'}; MPI = "
               "plain Isend/Irecv of the same bytes; naive = pickled messages and a dict "
-              f"per server, same ranks; new lists searched by {search_kernel_line()}")
+              "per server, same ranks; new lists searched by "
+              f"{servers[0].get('search', '?') if servers else '?'}")
         print(header)
         for i, row in enumerate(workers[0]["rows"]):
             same = [w["rows"][i] for w in workers]

@@ -9,8 +9,8 @@ Each round runs, one after the other (never two at once):
 
 - mpips: ``mpiexec -n NP python -m mpips train JOB`` with the job's settings
   (overrides with ``-o``), launched as ``mpips run`` launches, once per rank
-  count of ``--np`` (on 2 cores 3 ranks, one worker, can beat 4: the ranks
-  share the cores); wall time is the whole command, start-up included;
+  count of ``--np`` (where ranks outnumber cores, fewer can be faster);
+  wall time is the whole command, start-up included;
   time to target = start-up (wall minus the job's own seconds) plus the
   ``time`` of the first test line of metrics.jsonl at or above the target;
 - Vowpal Wabbit (``pip install vowpalwabbit``, or ``mpips[peers]``): its

@@ -61,7 +61,7 @@ def localise(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def radix_sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, keys[order])``, sorted (uint64): two stable passes of
+    """``(order, keys[order])`` of non-empty uint64 ``keys``: two stable passes of
     numpy's 16-bit radix sort on the 32 bits below the highest bit set in
     any key, then, where distinct keys share those bits and came out of
     order, those keys sorted whole. Keys are hashes or small ids: the 32
@@ -79,7 +79,14 @@ def radix_sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Equal leading bits are adjacent now: sort each run of them that
         # holds a pair out of order by the whole key, in its place.
         top = top[order]
-        at = np.flatnonzero(np.isin(top, top[wrong]))
+        runs = np.unique(top[wrong])
+        lo = np.searchsorted(top, runs, "left")
+        hi = np.searchsorted(top, runs, "right")
+        lengths = hi - lo
+        if 2 * int(lengths.sum()) > keys.size:  # mostly ties (ids and one large key)
+            order = np.argsort(keys)
+            return order, keys[order]
+        at = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         fix = np.argsort(ordered[at], kind="stable")
         order[at], ordered[at] = order[at][fix], ordered[at][fix]
     return order, ordered

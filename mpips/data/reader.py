@@ -145,7 +145,8 @@ class PartitionReader:
         value is 1): one read of two indptr entries and one of the values."""
         if not self.has_values:
             return None
-        start, stop = max(0, start), min(stop, self.rows)
+        stop = min(stop, self.rows)
+        start = min(max(0, start), stop)
         lo, hi = self.indptr_at(start), self.indptr_at(stop)
         if not 0 <= lo <= hi <= self.nnz:
             raise PartitionError(f"{self.path}: corrupt rows {start}..{stop}: indptr runs "

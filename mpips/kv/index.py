@@ -36,10 +36,10 @@ NUMPY_MIN_QUERIES = 2048
 BUILD_CHUNK = 1 << 16
 # A process loads the numba kernel (in the background) once its indexes have
 # searched COMPILED_AFTER_KEYS keys in runs of at least COMPILED_MIN_RUN keys:
-# numba's import and the compilation cost about a second of CPU, taken from
-# the server's own thread (they hold the GIL) and from the ranks it shares
-# the cores with, which the kernel's 10-25 ns a key (the table in
-# docs/performance.md) wins back only over some 5e7-1e8 keys.
+# numba's import and the compilation take CPU from the server's own thread
+# (they hold the GIL) and from the ranks it shares the cores with, which the
+# kernel's saving per key wins back only over many keys (docs/performance.md,
+# "Since then a store's main run gets a radix index").
 COMPILED_MIN_RUN = 1 << 16
 COMPILED_AFTER_KEYS = 1 << 26
 _searched = 0
