@@ -134,13 +134,14 @@ class Evaluator:
         if kept is not None:
             return iter(kept)
         built = self._prepared_share()
-        if built is not None:
-            return self.cache.fill(TEST_SHARE, built, want=bool(self.epochs),
-                                   size=lambda piece: batch_bytes(piece[0]))
-        return self.cache.fill(TEST_SHARE, ((batch_of(mb, self.lc.bias), first)
-                                            for mb, first in self._test_share(
-                                                self.index, self.workers)),
-                               want=bool(self.epochs), size=lambda piece: batch_bytes(piece[0]))
+        pieces = built if built is not None else self._localised_share(self.index, self.workers)
+        return self.cache.fill(TEST_SHARE, pieces, want=bool(self.epochs),
+                               size=lambda piece: batch_bytes(piece[0]))
+
+    def _localised_share(self, index: int, workers: int) -> Iterator[tuple[Batch, int]]:
+        """:meth:`_test_share`'s pieces, localised."""
+        return ((batch_of(mb, self.lc.bias), first)
+                for mb, first in self._test_share(index, workers))
 
     def _test_share(self, index: int, workers: int) -> Iterator[tuple[Minibatch, int]]:
         """Share ``index`` of ``workers`` of the test rows in pieces, with the
@@ -279,8 +280,7 @@ class _ShareBuild:
 
     def _build(self, ev: Evaluator, index: int, workers: int) -> None:
         try:
-            self._pieces = [(batch_of(mb, ev.lc.bias), first)
-                            for mb, first in ev._test_share(index, workers)]
+            self._pieces = list(ev._localised_share(index, workers))
         except BaseException as e:  # raised where the share is used
             self._error = e
 
