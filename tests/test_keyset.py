@@ -26,6 +26,17 @@ def test_subset_checks_positions_once():
         ks.subset(np.array([0.0, 1.0]))
 
 
+def test_positions_go_on_the_wire_less_their_parts_offset():
+    from mpips.kv.worker import _as_wire
+    pos = np.array([4, 7, 9], np.int64)
+    first = _as_wire(pos, 0)  # the set's first part: the caller's array, viewed
+    assert first.dtype == np.uint64 and np.shares_memory(first, pos)
+    assert _as_wire(pos, 4).view(np.int64).tolist() == [0, 3, 5]
+    narrow = _as_wire(pos.astype(np.int32), 4)  # int32 positions widen, then shift
+    assert narrow.dtype == np.uint64 and narrow.view(np.int64).tolist() == [0, 3, 5]
+    assert pos.tolist() == [4, 7, 9]
+
+
 def test_translate_gives_the_slots_a_key_lookup_gives():
     keys = np.sort(np.random.default_rng(1).choice(1 << 40, 5000, replace=False)
                    .astype(np.uint64))
@@ -38,6 +49,8 @@ def test_translate_gives_the_slots_a_key_lookup_gives():
     pos = np.sort(np.random.default_rng(2).choice(keys.size, 700, replace=False))
     pieces, slots, keys_of = sets.translate(2, 0, 11, pos.view(np.uint64), stores)
     assert keys_of().tolist() == keys[pos].tolist()
+    # stored 32-bit, handed out as intp: numpy would widen them on every use
+    assert slots.dtype == np.intp
     a = int(np.searchsorted(pos, cut))
     assert pieces == [(4, 0, a), (7, a, pos.size)]
     # the set's keys are stored now (at the handle's initial value) ...

@@ -126,8 +126,12 @@ class ServerKeySets:
         self._parts: dict[tuple[int, int, int], _Part] = {}
         self.requests = 0  # requests served by position
         # the slots of a request go here (the server uses them at once): a new
-        # array per request costs page faults once it is large
-        self._scratch = np.empty(0, dtype=SLOT_DTYPE)
+        # array per request costs page faults once it is large. Gathered as
+        # stored (32-bit), then widened to intp once: numpy converts narrower
+        # indices on every gather and scatter that uses them, and a request's
+        # slots serve two or more (the rows, each state, the write back).
+        self._gathered = np.empty(0, dtype=SLOT_DTYPE)
+        self._scratch = np.empty(0, dtype=np.intp)
         self.resolved_keys = 0  # keys looked up for sets (once per store change)
 
     def __len__(self) -> int:
@@ -194,6 +198,9 @@ class ServerKeySets:
                 self.resolved_keys += hi - lo
             pieces.append((r, a, b))
         if self._scratch.size < pos.size:
-            self._scratch = np.empty(max(pos.size, 2 * self._scratch.size), dtype=SLOT_DTYPE)
-        slots = np.take(part.slots, pos, out=self._scratch[: pos.size])
+            size = max(pos.size, 2 * self._scratch.size)
+            self._gathered = np.empty(size, dtype=SLOT_DTYPE)
+            self._scratch = np.empty(size, dtype=np.intp)
+        slots = self._scratch[: pos.size]
+        slots[...] = np.take(part.slots, pos, out=self._gathered[: pos.size])
         return pieces, slots, lambda: part.keys[pos]

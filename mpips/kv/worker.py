@@ -50,6 +50,17 @@ def _chunks(lo: int, hi: int, size: int):
         a = b
 
 
+def _as_wire(positions: np.ndarray, offset: int) -> np.ndarray:
+    """Key set positions less a part's offset, as the uint64 keys section."""
+    if positions.dtype != np.int64:
+        wide = positions.astype(np.int64)
+        wide -= np.int64(offset)
+        return wide.view(np.uint64)
+    if offset == 0:
+        return positions.view(np.uint64)
+    return (positions - np.int64(offset)).view(np.uint64)
+
+
 class KVError(RuntimeError):
     """A server refused a request."""
 
@@ -268,8 +279,9 @@ class KVWorker:
             self._next_part += 1
             if by_position:
                 offsets = sub.keyset.offsets
-                keys = [(sub.positions[a:b] - offsets[r]).view(np.uint64)
-                        for a, b, r in segs]  # int64 (offsets are)
+                # int64 (offsets are); a part that starts the set (the first
+                # server's, the only one's) goes as a view, without a pass
+                keys = [_as_wire(sub.positions[a:b], int(offsets[r])) for a, b, r in segs]
                 flags, keyset = pending.flags | FLAG_KEYS_CHECKED | FLAG_POSITIONS, \
                     sub.keyset.id
             else:
