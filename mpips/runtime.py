@@ -119,6 +119,8 @@ def _serve(po: Postoffice, app: App) -> None:
     result: dict[str, Any] = {"keys": server.num_keys, "bytes": server.nbytes,
                               "requests": server.requests,
                               "requests_by_position": server.keysets.requests,
+                              "keysets_registered": server.keysets.registered,
+                              "keysets_held": len(server.keysets),
                               "busy_seconds": round(server.busy_seconds, 6),
                               "serve_seconds": round(time.perf_counter() - serving, 6),
                               "startup": startup.steps()}

@@ -110,11 +110,13 @@ def test_one_and_two_workers_agree(ctr, tmp_path):
 
 def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
     """Later epochs train on the minibatches localised in the first (kept in
-    memory, [linear] cache_bytes), and send them as positions into their
-    partition's registered key set ([linear] key_sets): with one worker the
-    model is bit for bit the one read and localised again every epoch."""
+    memory, [linear] cache_bytes), and every pass sends them as positions into
+    their partition's registered key set ([linear] key_sets): with one worker
+    the model is bit for bit the one sent by key and read and localised again
+    every epoch. A partition whose minibatches are not kept is registered
+    for one pass and forgotten after it; a kept one once, until its last."""
 
-    weights, rounds, by_position = [], [], []
+    weights, rounds, finals = [], [], []
     for cache, key_sets in ((0, True), (1 << 30, False), (1 << 30, True)):
         out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(ctr),
                     "data.shuffle=false", "data.epochs=3", f"linear.cache_bytes={cache}",
@@ -125,14 +127,19 @@ def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
         # the test share is kept too: every round scores the same rows alike
         rounds.append(sorted((m["epoch"], m["rows"], m["auc"], m["logloss"])
                              for m in metrics(out) if m["split"] == "test"))
-        by_position.append(metrics(out)[-1]["server_requests_by_position"])
+        finals.append(metrics(out)[-1])
     (k0, w0) = weights[0]
     for k, w in weights[1:]:
         assert np.array_equal(k0, k) and np.array_equal(w0, w)
     assert np.abs(w0).sum() > 0
     assert rounds[0] == rounds[1] == rounds[2] and len(rounds[0]) == 3, rounds
-    # epochs 2 and 3 went by position: a pull and a push per minibatch
-    assert by_position[:2] == [0, 0] and by_position[2] > 0, by_position
+    partitions = len(json.loads((ctr / "train" / "manifest.json").read_text())["partitions"])
+    registered = [f["server_keysets_registered"] for f in finals]
+    assert registered == [3 * partitions, 0, partitions], registered
+    assert [f["server_keysets_held"] for f in finals] == [0, 0, 0]
+    # by key only without key sets; with them, every minibatch's pull and push
+    by_position = [f["server_requests_by_position"] for f in finals]
+    assert by_position[1] == 0 and by_position[0] == by_position[2] > 0, by_position
 
 
 def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):

@@ -133,6 +133,7 @@ class ServerKeySets:
         self._gathered = np.empty(0, dtype=SLOT_DTYPE)
         self._scratch = np.empty(0, dtype=np.intp)
         self.resolved_keys = 0  # keys looked up for sets (once per store change)
+        self.registered = 0  # registrations received (a set registered again counts again)
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -146,6 +147,7 @@ class ServerKeySets:
         """Keep ``keys`` (this server's part, sorted; ``ring.slice`` gave
         ``starts, ranges``) as set ``ident`` of ``sender``; it replaces an
         earlier registration of the same set."""
+        self.registered += 1
         self._parts[(sender, table, ident)] = _Part(
             keys.copy(), ranges.astype(np.int64), starts.astype(np.int64),
             np.zeros(keys.size, dtype=SLOT_DTYPE))

@@ -66,10 +66,11 @@ section("linear", {
                           "labels) a worker keeps to train on again in later epochs "
                           "instead of reading and localising them again; 0: none",
                           non_negative),
-    "key_sets": Option(bool, True, "when at least two passes over a cached partition are "
-                       "left, register its key set with the servers and send its minibatches "
-                       "as positions into it, so that the servers look nothing up (they keep "
-                       "12 bytes per key of each such partition)"),
+    "key_sets": Option(bool, True, "read each partition whole, register its key set with "
+                       "the servers and send its minibatches as positions into it, so that "
+                       "the servers insert and look up its keys once (they keep 12 bytes per "
+                       "key of each registered partition until its minibatches are no longer "
+                       "kept for a later pass)"),
     "max_inflight": Option(int, 2, "requests a worker keeps outstanding (pull ahead needs "
                            ">= 2)", positive),
     "report_interval": Option(float, 1.0, "seconds between worker progress reports",
@@ -487,7 +488,9 @@ def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> 
             "servers_timed": sum("busy_seconds" in s for s in servers),
             "server_requests": sum(s.get("requests", 0) for s in servers),
             "server_requests_by_position": sum(s.get("requests_by_position", 0)
-                                               for s in servers)}
+                                               for s in servers),
+            "server_keysets_registered": sum(s.get("keysets_registered", 0) for s in servers),
+            "server_keysets_held": sum(s.get("keysets_held", 0) for s in servers)}
 
 
 def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:

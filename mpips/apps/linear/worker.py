@@ -79,7 +79,7 @@ class LinearWorker:
         # and the test share ("test"), within [linear] cache_bytes
         self.cache = BatchCache(self.lc.cache_bytes)
         self.verified: set[str] = set()  # partitions checked against their SHA-256
-        self.key_sets: dict[str, KeySet] = {}  # cached partition path -> its key set
+        self.key_sets: dict[str, KeySet] = {}  # partition path -> its registered key set
         self.synthetic = None
         if self.lc.data == "synthetic":
             self.synthetic = Synthetic(self.lc.synthetic_features, self.lc.synthetic_nnz,
@@ -143,16 +143,23 @@ class LinearWorker:
         task = self.po.next_task()
         while task is not None:
             path = task["path"]
-            cached = self.cache.get(path)
-            # registering costs about one localisation of the partition's keys
-            # and saves the servers a search per key of every later request:
-            # worth it from two passes on (measured in docs/performance.md)
-            if cached is not None and self.lc.key_sets and \
-                    self.app.epochs - task["epoch"] >= 2:
-                self._by_position(path, cached)
-            yield task["epoch"], iter(cached) if cached is not None else self._read(path)
+            batches = self.cache.get(path)
+            if self.lc.key_sets:
+                # The whole partition first, then its key set registered: the
+                # servers insert and look up its keys once, in one request,
+                # instead of a search and an insert per minibatch (costs one
+                # more localisation of its keys; docs/performance.md).
+                if batches is None:
+                    batches = list(self._read(path))
+                self._by_position(path, batches)
+            yield task["epoch"], iter(batches) if batches is not None else self._read(path)
             t = time.perf_counter()
             self._drain()  # a task is done when its pushes are acknowledged
+            if path in self.key_sets and (self.cache.get(path) is None
+                                          or task["epoch"] == self.app.epochs - 1):
+                # not kept for another pass (over the cache budget: read and
+                # localised anew next time), or its last: the servers let go
+                self.kv.forget(self.key_sets.pop(path))
             self.clock.seconds["task end"] += time.perf_counter() - t
             self.report()  # before the next task: a checkpoint then has these counts
             task = self.po.next_task(done=task)
@@ -174,11 +181,11 @@ class LinearWorker:
             [path], mb_rows, chunk, [info])), want=self.app.epochs > 1)
 
     def _by_position(self, path: str, batches: list[Batch]) -> None:
-        """Register the key set of a cached partition (the union of its
-        minibatches' keys), once: its minibatches then travel as positions
-        into it and the servers look nothing up. One localisation of all the
-        keys gives the union and every minibatch's positions in it."""
-        if path in self.key_sets:
+        """Register the key set of a partition (the union of its minibatches'
+        keys), once while its minibatches are kept: they then travel as
+        positions into it and the servers look nothing up. One localisation
+        of all the keys gives the union and every minibatch's positions in it."""
+        if path in self.key_sets or not batches:
             return
         t = time.perf_counter()
         union, columns = localise(np.concatenate([b.keys for b in batches]))
