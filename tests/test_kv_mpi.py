@@ -114,7 +114,7 @@ def test_bench_kv_runs_and_writes_json(tmp_path):
     for r in rows:
         assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
         assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0
-    assert "kv/MPI" in proc.stdout
+    assert "kv/MPI" in proc.stdout and "interleaved rounds" in proc.stdout
 
 
 def test_bench_scale_fills_and_sweeps():

@@ -5,12 +5,17 @@ servers, which really store them (``add`` handle), among ``background_keys``
 random keys stored first: no request is a contiguous run of a store (served
 with views, without a lookup). For each size, after two warm-up requests
 (a push that inserts the keys, a pull after which the servers know where
-they are), the workers meet at a barrier and time R requests of each op,
-one at a time (send, then wait for every server's reply): a repeated key
-list, as when minibatches come back epoch after epoch (``bench path`` shows
-what a list never seen costs). Then, in the same run, they move the same
-bytes between the same ranks with plain MPI Isend/Irecv (no framing, no
-storage; one untimed exchange first) and time that too.
+they are), the workers time R requests of each op, one at a time (send,
+then wait for every server's reply), of each kind of key list: first a
+new list per request (``fresh``: random stored keys, as each minibatch of
+a real job sends), by key and, registered as a key set, by position
+(``keyset``); then one list repeated (as when minibatches come back epoch
+after epoch: the store's slot cache skips its lookup). The kinds are timed
+in ROUNDS interleaved rounds, a slice of each in turn between barriers of
+the workers, so that a slow moment of the machine falls on all of them
+alike. Then, in the same run, they move the same bytes between the same
+ranks with plain MPI Isend/Irecv (no framing, no storage; one untimed
+exchange first) and time that too.
 Throughput is summed over workers: total keys / slowest worker's time.
 With ``window`` W > 1 each worker keeps W requests in flight.
 
@@ -64,6 +69,8 @@ section("bench", {
 })
 
 OPS = ("push", "pull", "pushpull")
+# Rounds the rows of one size are timed in, interleaved.
+ROUNDS = 5
 VALUE_BYTES = 4  # float32
 
 
@@ -157,19 +164,37 @@ class KVBench(App):
             kv.wait(kv.push(keys, vals))  # warm-up: the servers insert the keys,
             kv.wait(kv.pull(keys, outs[0]))  # then remember where they are
             reps = max(self._repeat(nkeys), window)
-            if self.b.fresh:
-                rows += self._fresh(po, kv, keys, background, reps, outs)
-            for op in OPS:
-                kv_time = self._timed(po, kv, op, [keys] * reps, vals, outs)
-                mpi_time = self._raw(po, keys, op, reps)
-                row = {"op": op, "keys": nkeys, "reps": reps, "kv_time": kv_time,
-                       "mpi_time": mpi_time, "lists": "repeated"}
-                if nkeys <= self.b.naive_max_keys:
+            variants = self._fresh(po, kv, keys, background, reps, outs) if self.b.fresh \
+                else []
+            variants += [(op, "repeated", [keys] * reps) for op in OPS]
+            spent = self._interleaved(po, kv, variants, vals, outs)
+            for (op, lists, requests), kv_time in zip(variants, spent, strict=True):
+                row = {"op": op, "keys": nkeys, "reps": len(requests), "kv_time": kv_time,
+                       "mpi_time": self._raw(po, keys, op, len(requests)), "lists": lists}
+                if lists == "repeated" and nkeys <= self.b.naive_max_keys:
                     po.barrier(WORKERS)
                     row["naive_reps"] = nreps = max(1, min(reps, int(2e6 // nkeys)))
                     row["naive_time"] = self._naive(po, keys, vals, op, nreps)
                 rows.append(row)
+            for _, lists, requests in variants:
+                if lists == "keyset":
+                    kv.forget(requests[0].keyset)
+                    break
         return {"rows": rows}
+
+    def _interleaved(self, po: Postoffice, kv: KVWorker,
+                     variants: list[tuple[str, str, list]], vals: np.ndarray,
+                     outs: list[np.ndarray]) -> list[float]:
+        """Seconds of each variant's requests, timed in ROUNDS rounds that take
+        a slice of every variant in turn (A B C A B C ...): a slow moment of
+        the machine falls on all of them alike, not on one row."""
+        rounds = max(1, min(ROUNDS, min(len(r) for _, _, r in variants) // self.b.window))
+        spent = [0.0] * len(variants)
+        for i in range(rounds):
+            for j, (op, _, requests) in enumerate(variants):
+                a, b = len(requests) * i // rounds, len(requests) * (i + 1) // rounds
+                spent[j] += self._timed(po, kv, op, requests[a:b], vals, outs)
+        return spent
 
     def _timed(self, po: Postoffice, kv: KVWorker, op: str, lists: list[np.ndarray],
                vals: np.ndarray, outs: list[np.ndarray]) -> float:
@@ -195,40 +220,41 @@ class KVBench(App):
         return spent
 
     def _fresh(self, po: Postoffice, kv: KVWorker, keys: np.ndarray, background: np.ndarray,
-               reps: int, outs: list[np.ndarray]) -> list[dict[str, Any]]:
-        """pull and pushpull, each request a new sorted list of ``keys.size``
+               reps: int, outs: list[np.ndarray]) -> list[tuple[str, str, list]]:
+        """pull and pushpull requests, each a new sorted list of ``keys.size``
         keys drawn from what this worker stored (this size's keys and its share
-        of the background keys): every request makes the servers search."""
+        of the background keys): every request makes the servers search. With
+        ``keysets``, more such lists as positions into the pool, registered
+        once as a key set (as a worker registers its partition's keys): no
+        search. Every variant draws its own lists, so that no list comes back
+        to a store's slot cache or to the CPU's caches when the variants
+        are interleaved. Each is sent once untimed first, as the repeated
+        list's warm-up."""
         nkeys, window = keys.size, self.b.window
         pool = np.concatenate([keys, background])
         rng = np.random.default_rng([nkeys, po.worker_index()])
-        lists = max(window + 1, min(reps, int(3e7 // nkeys)))  # memory: 3e7 keys at most
-        order = np.argsort(pool)
-        pool = pool[order]
-        picks = [np.sort(rng.choice(pool.size, nkeys, replace=False)) for _ in range(lists)]
-        fresh = [pool[p] for p in picks]
+        variants = ("pull", "pushpull") * (2 if self.b.keysets else 1)
+        # memory: 3e7 keys in all at most
+        lists = max(window + 1, min(reps, int(3e7 // (len(variants) * nkeys))))
+        pool.sort()
+        picks = [[np.sort(rng.choice(pool.size, nkeys, replace=False)) for _ in range(lists)]
+                 for _ in variants]
         vals = np.ones((nkeys, self.b.vdim), dtype=np.float32)
-        # untimed, as the repeated rows' warm-up: the servers build their
-        # stores' search index once enough keys were searched (a real job's
-        # steady state; numba's kernel, where installed, was loaded at start)
-        self._timed(po, kv, "pull", fresh, vals, outs)
-        rows = []
-        for op in ("pull", "pushpull"):
-            kv_time = self._timed(po, kv, op, fresh, vals, outs)
-            rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
-                         "mpi_time": self._raw(po, keys, op, lists), "lists": "fresh"})
-        # The same new lists as positions into the pool, registered once as a
-        # key set (as a worker registers its partition's keys): no search.
+        out: list[tuple[str, str, list]] = []
+        for op, p in zip(variants[:2], picks[:2], strict=True):
+            fresh = [pool[x] for x in p]
+            # the servers build their stores' search index once enough keys
+            # were searched (a real job's steady state; numba's kernel, where
+            # installed, was loaded at start)
+            self._timed(po, kv, "pull", fresh, vals, outs)
+            out.append((op, "fresh", fresh))
         if self.b.keysets:
             pool_set = kv.register(pool)
-            subsets = [pool_set.subset(p) for p in picks]
-            self._timed(po, kv, "pull", subsets[: window + 1], vals, outs)  # registered
-            for op in ("pull", "pushpull"):
-                kv_time = self._timed(po, kv, op, subsets, vals, outs)
-                rows.append({"op": op, "keys": nkeys, "reps": lists, "kv_time": kv_time,
-                             "mpi_time": self._raw(po, keys, op, lists), "lists": "keyset"})
-            kv.forget(pool_set)
-        return rows
+            for op, p in zip(variants[2:], picks[2:], strict=True):
+                subsets = [pool_set.subset(x) for x in p]
+                self._timed(po, kv, "pull", subsets, vals, outs)  # as the lists by key
+                out.append((op, "keyset", subsets))
+        return out
 
     def _naive(self, po: Postoffice, keys: np.ndarray, vals: np.ndarray, op: str,
                reps: int) -> float:
@@ -285,7 +311,8 @@ class KVBench(App):
         print(f"bench kv: {ns} server(s), {nw} worker(s), vdim {b.vdim}, float32, "
               f"{b.keys_kind} keys among {b.background_keys} stored first, "
               f"filters {filters or 'none'}; "
-              f"{b.window} request(s) in flight per worker; chunks of "
+              f"{b.window} request(s) in flight per worker; the kinds of list of a size "
+              f"timed in up to {ROUNDS} interleaved rounds; chunks of "
               f"{kv.chunk_keys or 'unlimited'} keys; batching "
               f"{f'below {kv.coalesce_bytes} bytes' if kv.coalesce_bytes else 'off'}; MPI = "
               "plain Isend/Irecv of the same bytes; naive = pickled messages and a dict "
