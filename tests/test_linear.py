@@ -60,6 +60,26 @@ def test_batch_matches_dense(bias, values):
     assert (batch.bias >= 0) == bias and (not bias or batch.keys[batch.bias] == BIAS_KEY)
 
 
+@pytest.mark.parametrize("values", [False, True])
+def test_sparse_rows_products_match_dense_with_empty_rows(values):
+    """X @ w and X.T @ r without scipy, empty rows first, inside and last."""
+    rng = np.random.default_rng(4)
+    counts = np.array([0, 3, 0, 0, 5, 1, 0])
+    indptr = np.r_[0, np.cumsum(counts)]
+    keys = np.concatenate([np.sort(rng.choice(50, c, replace=False)) for c in counts]
+                          ).astype(np.uint64)
+    vals = rng.normal(size=keys.size) if values else None
+    labels = rng.integers(0, 2, counts.size)
+    batch = make_batch(indptr, keys, vals, labels, bias=False)
+    _, D = dense_of(indptr, keys, vals, labels, bias=False)
+    w, r = rng.normal(size=D.shape[1]), rng.normal(size=D.shape[0])
+    assert np.allclose(batch.X @ w, D @ w) and np.allclose(batch.X.rmatvec(r), D.T @ r)
+    assert batch.X.nnz == keys.size and batch.X.shape == D.shape
+    empty = make_batch(np.zeros(3, np.int64), np.empty(0, np.uint64), None,
+                       np.array([0, 1]), bias=False)
+    assert (empty.X @ np.zeros(0)).tolist() == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("loss", ["logistic", "squared", "hinge"])
 def test_gradient_matches_dense_finite_differences(loss):
     rng = np.random.default_rng(2)

@@ -79,18 +79,27 @@ def test_a_job_loads_the_sections_it_names_and_the_others_when_read():
     assert set(cfg.as_dict()) == set(config.SECTIONS)
 
 
-def test_a_linear_worker_imports_scipy_before_mpi_starts_and_the_others_do_not():
+def test_a_worker_imports_what_it_needs_before_mpi_starts_and_the_others_do_not():
     """Ranks learn their role from the launcher's variables before MPI_Init
-    (a hint, from a one-host layout): the worker's scipy.sparse import then
-    overlaps the other ranks' start-up instead of following MPI_Init."""
+    (a hint, from a one-host layout): an LDA worker's scipy.sparse import then
+    overlaps the other ranks' start-up instead of following MPI_Init. A
+    linear worker needs no scipy at all: it builds and trains on its
+    minibatches with numpy alone."""
     from mpips.layout import SCHEDULER, SERVER, WORKER, likely_role
     assert likely_role({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}) == SCHEDULER
     assert likely_role({"PMI_RANK": "1", "PMI_SIZE": "4"}, servers=1) == SERVER
     assert likely_role({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"}, servers=1) == WORKER
     assert likely_role({}) is None  # no launcher: no guess
     assert likely_role({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}) is None
-    code = ("from mpips import config\nfrom mpips.apps.linear.app import LinearApp\n"
-            "cfg = config.load(None, ['job.app=linear'])\nLinearApp(cfg).before_mpi({!r})")
+    code = ("from mpips import config\nfrom mpips.apps.lda.app import LdaApp\n"
+            "from mpips.app import App\ncfg = config.load(None, ['job.app=lda'])\n"
+            "LdaApp.before_mpi(App.__new__(LdaApp), {!r})")
     for role, wants in ((WORKER, True), (SERVER, False), (SCHEDULER, False), (None, False)):
         got = _imports(code.format(role))
         assert ("scipy.sparse" in got) == wants, role
+    got = _imports(
+        "import numpy as np\nfrom mpips.apps.linear.model import gradient, make_batch\n"
+        "b = make_batch(np.array([0, 2, 3]), np.array([5, 9, 5], np.uint64), None,\n"
+        "               np.array([1, 0]), bias=True)\n"
+        "gradient('logistic', b.X, b.y, np.zeros(b.keys.size))")
+    assert not {m for m in got if m.split(".")[0] == "scipy"}

@@ -59,6 +59,7 @@ from ...data import PartitionReader, load_manifest
 from ...data.queue import split_by_size
 from ...handles import Add
 from ...kv.worker import KVWorker
+from ...layout import WORKER
 from ...postoffice import WORKERS, Postoffice
 from ..progress import Deltas
 from .model import (
@@ -195,6 +196,10 @@ class LdaApp(App):
         where = np.empty_like(order)
         where[order] = np.arange(order.size)
         return keys[order], where[:-1], int(where[-1])
+
+    def before_mpi(self, role: str | None) -> None:
+        if role == WORKER:  # only workers make matrices (evaluation's documents)
+            import scipy.sparse  # noqa: F401
 
     def run_worker(self, po: Postoffice) -> dict[str, Any]:
         lc, k = self.lc, self.lc.topics

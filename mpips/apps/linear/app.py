@@ -19,7 +19,6 @@ from ...data.manifest import Manifest, ManifestError
 from ...data.queue import PartitionQueue
 from ...data.reader import PartitionReader
 from ...handles import AdaGradL1, Add, Assign, DecayingSGD, FTRLProximal, Handle
-from ...layout import WORKER
 from ...postoffice import Command, Postoffice
 from ..progress import Deltas
 from .model import (
@@ -189,10 +188,6 @@ class LinearApp(App):
                               shuffle=self.cfg.data.shuffle, seed=self.cfg.job.seed)
 
     # ---- worker ------------------------------------------------------------------
-    def before_mpi(self, role: str | None) -> None:
-        if role == WORKER:  # only workers make matrices (model.make_batch)
-            import scipy.sparse  # noqa: F401
-
     def run_worker(self, po: Postoffice) -> dict[str, Any]:
         return LinearWorker(self, po).run()
 

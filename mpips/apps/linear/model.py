@@ -1,6 +1,6 @@
 """The numerics of sparse linear models, shared by training, evaluation,
 ``predict`` and the tests: losses, minibatch design matrices, metrics and the
-model file. Pure numpy/scipy; no kv, no MPI.
+model file. numpy only (a worker starts without scipy); no kv, no MPI.
 
 Labels are 0/1. A *margin* is ``x . w`` (plus the bias weight); the logistic
 loss reads it as a log-odds, the squared and hinge losses as a score for the
@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -24,11 +24,6 @@ from ...data import localise
 from ...data.reader import Minibatch, PartitionReader
 from ...keys import hash_feature
 from ...kv.keyset import KeySubset
-
-# scipy.sparse is imported where a matrix is made, so that the ranks that
-# never make one (the scheduler, the servers) start without importing it.
-if TYPE_CHECKING:
-    import scipy.sparse as sp
 
 MODEL_FORMAT = "mpips-linear-model"
 # The key of the intercept: a fixed key no data set uses by accident (a
@@ -71,15 +66,71 @@ def loss_derivative(loss: str, margin: np.ndarray, y: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown loss {loss!r} (one of {', '.join(LOSSES)})")
 
 
-def gradient(loss: str, X: sp.csr_matrix, y: np.ndarray, w: np.ndarray, l2: float = 0.0,
+def gradient(loss: str, X: SparseRows, y: np.ndarray, w: np.ndarray, l2: float = 0.0,
              l2_mask: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """Gradient of the mean loss over the rows plus ``l2/2 |w|^2`` (on the
     columns ``l2_mask`` selects, default all); returns (gradient, loss sum, margins)."""
     margin = X @ w
-    grad = (X.T @ loss_derivative(loss, margin, y)) / max(1, X.shape[0])
+    grad = X.rmatvec(loss_derivative(loss, margin, y)) / max(1, X.shape[0])
     if l2:
         grad += l2 * (w if l2_mask is None else w * l2_mask)
     return grad, float(loss_terms(loss, margin, y).sum()), margin
+
+
+class SparseRows:
+    """A minibatch's rows in CSR form (``indptr``, int32 ``indices``, float64
+    ``data``, or None where every entry is 1) with the two products training
+    and scoring take: ``X @ w`` (a margin per row) and ``X.rmatvec(r)``
+    (``X.T @ r``). numpy only: importing scipy.sparse costs a worker about
+    as much CPU at start-up as a short job's whole training (docs/performance.md,
+    "Key sets from the first pass on")."""
+
+    __slots__ = ("data", "indices", "indptr", "shape", "_counts", "_starts", "_filled")
+
+    def __init__(self, data: np.ndarray | None, indices: np.ndarray, indptr: np.ndarray,
+                 shape: tuple[int, int]):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._counts = np.diff(indptr)  # entries per row
+        filled = self._counts > 0
+        # np.add.reduceat needs the starts of non-empty rows
+        self._filled = None if filled.all() else filled
+        self._starts = indptr[:-1] if self._filled is None else indptr[:-1][filled]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self._filled is None else self._filled.nbytes + self._starts.nbytes
+        return int((0 if self.data is None else self.data.nbytes) + self.indices.nbytes
+                   + self.indptr.nbytes + self._counts.nbytes + extra)
+
+    def __matmul__(self, w: np.ndarray) -> np.ndarray:
+        prod = w[self.indices]
+        if self.data is not None:
+            prod *= self.data
+        out = np.zeros(self.shape[0])
+        if self._starts.size:
+            sums = np.add.reduceat(prod, self._starts)
+            if self._filled is None:
+                return sums
+            out[self._filled] = sums
+        return out
+
+    def rmatvec(self, r: np.ndarray) -> np.ndarray:
+        """``X.T @ r``: per column, the sum of its entries times their rows' ``r``."""
+        per_entry = np.repeat(r, self._counts)
+        if self.data is not None:
+            per_entry *= self.data
+        return np.bincount(self.indices, weights=per_entry, minlength=self.shape[1])
+
+    def toarray(self) -> np.ndarray:
+        dense = np.zeros(self.shape)
+        rows = np.repeat(np.arange(self.shape[0]), self._counts)
+        np.add.at(dense, (rows, self.indices), 1.0 if self.data is None else self.data)
+        return dense
 
 
 # ---- minibatches ------------------------------------------------------------------------
@@ -89,7 +140,7 @@ class Batch:
     key ``keys[j]``; ``bias`` is the column of :data:`BIAS_KEY` or -1."""
 
     keys: np.ndarray
-    X: sp.csr_matrix
+    X: SparseRows
     y: np.ndarray
     bias: int = -1
     # the keys as positions into their partition's registered key set (set
@@ -105,13 +156,12 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
                labels: np.ndarray, bias: bool) -> Batch:
     """Localise CSR rows with global keys; with ``bias`` every row gets a 1 in
     the column of :data:`BIAS_KEY` (one more entry at the end of each row)."""
-    import scipy.sparse as sp
     rows = labels.size
     uniq, cols = localise(keys)
     y = labels.astype(np.float64)
+    data = None if values is None else values.astype(np.float64)  # None: every entry is 1
     if not bias:
-        data = np.ones(keys.size) if values is None else values.astype(np.float64)
-        return Batch(uniq, sp.csr_matrix((data, cols, indptr), shape=(rows, uniq.size)), y)
+        return Batch(uniq, SparseRows(data, cols, indptr, (rows, uniq.size)), y)
     at = int(np.searchsorted(uniq, BIAS_KEY))
     if at < uniq.size and uniq[at] == BIAS_KEY:
         ncols = uniq.size  # a data key equal to the bias key: share the column
@@ -127,19 +177,18 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
     new_cols = np.empty(new_indptr[-1], cols.dtype)
     new_cols[is_data] = cols
     new_cols[bias_slots] = at
-    new_data = np.ones(new_indptr[-1])
-    if values is not None:  # binary rows: every entry, the bias too, is 1 already
-        new_data[is_data] = values
-    X = sp.csr_matrix((new_data, new_cols, new_indptr), shape=(rows, ncols))
+    new_data = None
+    if data is not None:
+        new_data = np.ones(new_indptr[-1])
+        new_data[is_data] = data
+    X = SparseRows(new_data, new_cols, new_indptr, (rows, ncols))
     return Batch(uniq, X, y, at)
 
 
 def batch_bytes(batch: Batch) -> int:
     """Memory a localised minibatch holds (with the positions of its keys
     in its partition's key set, which come later: 4 bytes a key)."""
-    X = batch.X
-    return int(batch.keys.nbytes + batch.y.nbytes + X.data.nbytes + X.indices.nbytes
-               + X.indptr.nbytes + 4 * batch.keys.size)
+    return int(batch.keys.nbytes + batch.y.nbytes + batch.X.nbytes + 4 * batch.keys.size)
 
 
 class BatchCache:

@@ -68,9 +68,6 @@ class LinearWorker:
 
     def __init__(self, app: LinearApp, po: Postoffice):
         self.app, self.po, self.lc = app, po, app.lc
-        # Only workers make scipy.sparse matrices (model.make_batch imports it
-        # there): imported here, before the phases are timed.
-        import scipy.sparse  # noqa: F401
         self.kv = KVWorker(po, "w")
         self.counters: dict[str, Any] = {"examples": 0, "loss_sum": 0.0, "keys": 0,
                                          "epoch": 0, "workers": 1, "nonzeros": 0}
