@@ -81,9 +81,9 @@ class SparseRows:
     """A minibatch's rows in CSR form (``indptr``, int32 ``indices``, float64
     ``data``, or None where every entry is 1) with the two products training
     and scoring take: ``X @ w`` (a margin per row) and ``X.rmatvec(r)``
-    (``X.T @ r``). numpy only: importing scipy.sparse costs a worker about
-    as much CPU at start-up as a short job's whole training (docs/performance.md,
-    "Key sets from the first pass on")."""
+    (``X.T @ r``). numpy only: importing scipy.sparse holds a worker up before
+    MPI_Init, where every rank waits for it, and its products save nothing
+    on rows this short (docs/performance.md, "a worker without scipy")."""
 
     __slots__ = ("data", "indices", "indptr", "shape", "_counts", "_starts", "_filled")
 
