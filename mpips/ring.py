@@ -18,6 +18,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+# Rings of at most this many ranges cut a request's keys by a loop over the
+# ranges (the common case: a few ranges per server, a few servers).
+FEW_RANGES = 64
+
 
 def equal_cuts(n: int) -> np.ndarray:
     """``floor(r * 2**64 / n)`` for r < n, exactly, in uint64: r * q + r * m // n
@@ -68,6 +72,7 @@ class KeyRing:
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     owners: np.ndarray = field(init=False, repr=False, compare=False)
     _holders: np.ndarray = field(init=False, repr=False, compare=False)
+    _owner_list: list[int] = field(init=False, repr=False, compare=False)  # owners, as ints
 
     def __post_init__(self) -> None:
         if self.servers < 1:
@@ -96,6 +101,7 @@ class KeyRing:
         owners.setflags(write=False)
         object.__setattr__(self, "_holders", holders)
         object.__setattr__(self, "owners", owners)
+        object.__setattr__(self, "_owner_list", owners.tolist())
 
     def _preference(self, home: int, hosts_in_round: list[int]) -> Iterator[int]:
         """Servers in ring order from ``home``, one per host in each round
@@ -259,14 +265,33 @@ class KeyRing:
         starts = np.append(cuts[nonempty], keys.size)
         return starts, nonempty
 
+    def segments(self, keys: np.ndarray) -> list[tuple[int, int, int]]:
+        """:meth:`slice` as a list of ``(range, start, stop)``, non-empty only.
+        A ring of few ranges cuts by one ``searchsorted`` and a loop over its
+        ranges: the numpy passes of :meth:`slice` cost a small request more."""
+        if self.bounds.size > FEW_RANGES:
+            starts, ranges = self.slice(keys)
+            bounds = starts.tolist()
+            return [(r, bounds[j], bounds[j + 1]) for j, r in enumerate(ranges.tolist())]
+        out, a = [], 0
+        for r, b in enumerate([*np.searchsorted(keys, self.bounds[1:]).tolist(), keys.size]):
+            if b > a:
+                out.append((r, a, b))
+            a = b
+        return out
+
     def slice_by_server(self, keys: np.ndarray) -> dict[int, list[tuple[int, int, int]]]:
         """Segments of sorted ``keys`` grouped by owning server.
 
         ``{server: [(range, start, stop), ...]}``; the Python loop runs over
         ranges (a few per server), never over keys.
         """
-        starts, ranges = self.slice(keys)
         out: dict[int, list[tuple[int, int, int]]] = {}
+        owners = self._owner_list
+        for seg in self.segments(keys):
+            out.setdefault(owners[seg[0]], []).append(seg)
+        return out
+        starts, ranges = self.slice(keys)
         for j, r in enumerate(ranges.tolist()):
             out.setdefault(int(self.owners[r]), []).append(
                 (r, int(starts[j]), int(starts[j + 1]))

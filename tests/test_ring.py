@@ -255,3 +255,21 @@ def test_unmix64_inverts_mix64_and_names_features():
                      hash_feature(0x68FD1E64, fnv1a64_text("C2"))], np.uint64)
     assert feature_names(keys, criteo) == ["I1", "C2=68fd1e64"]
     assert feature_names(keys[:1], None) == [f"{int(keys[0]):#018x}"]
+
+
+@pytest.mark.parametrize("servers,virtual", [(1, 1), (3, 2), (4, 16), (40, 2)])
+def test_segments_and_slice_by_server_give_what_slice_cuts(servers, virtual):
+    """Rings of few ranges cut by a loop over them, larger ones by numpy
+    passes: both give slice()'s segments, grouped by owner."""
+    ring = KeyRing(servers, virtual_servers=virtual, replication=min(1, servers - 1))
+    for n in (0, 1, 7, 3000):
+        keys = np.unique(hash_feature(np.arange(n, dtype=np.uint64), salt=n))
+        if n == 7:
+            keys[-1] = np.uint64(2**64 - 1)  # the last range's last key
+        starts, ranges = ring.slice(keys)
+        want: dict[int, list[tuple[int, int, int]]] = {}
+        for j, r in enumerate(ranges.tolist()):
+            want.setdefault(int(ring.owners[r]), []).append(
+                (r, int(starts[j]), int(starts[j + 1])))
+        assert ring.slice_by_server(keys) == want
+        assert ring.segments(keys) == sorted(seg for segs in want.values() for seg in segs)

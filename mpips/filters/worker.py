@@ -114,7 +114,8 @@ class WorkerFilters(ValueCodec):
         False: a one-off key list (a flush) that the key cache should not keep."""
         spec = self.pull if msg.op == Op.PULL else self.push
         if not spec.names:
-            spec.wire.add(wire_bytes(msg), wire_bytes(msg))
+            size = wire_bytes(msg)
+            spec.wire.add(size, size)
             return msg
         before = wire_bytes(msg)
         keys = concat(msg.keys)

@@ -294,8 +294,7 @@ class KVServer:
         # the worker checked its keys at its door (check_keys) and says so
         if not msg.flags & FLAG_KEYS_CHECKED and not strictly_increasing(keys):
             raise ValueError("keys must be sorted and unique")
-        starts, ranges = self.po.ring.slice(keys)
-        pieces = [(int(r), int(starts[j]), int(starts[j + 1])) for j, r in enumerate(ranges)]
+        pieces = self.po.ring.segments(keys)
         for r, _, _ in pieces:
             if (msg.table, r) not in self.primary:
                 lo, hi = self.po.ring.range_of(r)
