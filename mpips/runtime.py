@@ -121,6 +121,7 @@ def _serve(po: Postoffice, app: App) -> None:
                               "requests_by_position": server.keysets.requests,
                               "keysets_registered": server.keysets.registered,
                               "keysets_held": len(server.keysets),
+                              "keyset_keys_resolved": server.keysets.resolved_keys,
                               "busy_seconds": round(server.busy_seconds, 6),
                               "serve_seconds": round(time.perf_counter() - serving, 6),
                               "startup": startup.steps()}

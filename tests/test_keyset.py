@@ -27,13 +27,14 @@ def test_subset_checks_positions_once():
 
 
 def test_positions_go_on_the_wire_less_their_parts_offset():
-    from mpips.kv.worker import _as_wire
+    from mpips.kv.worker import wire_positions
     pos = np.array([4, 7, 9], np.int64)
-    first = _as_wire(pos, 0)  # the set's first part: the caller's array, viewed
+    first = wire_positions(pos, 0)  # the set's first part: the caller's array, viewed
     assert first.dtype == np.uint64 and np.shares_memory(first, pos)
-    assert _as_wire(pos, 4).view(np.int64).tolist() == [0, 3, 5]
-    narrow = _as_wire(pos.astype(np.int32), 4)  # int32 positions widen, then shift
+    assert wire_positions(pos, 4).view(np.int64).tolist() == [0, 3, 5]
+    narrow = wire_positions(pos.astype(np.int32), 4)  # int32 positions widen, then shift
     assert narrow.dtype == np.uint64 and narrow.view(np.int64).tolist() == [0, 3, 5]
+    assert wire_positions(pos.astype(np.int32), 0).view(np.int64).tolist() == [4, 7, 9]
     assert pos.tolist() == [4, 7, 9]
 
 

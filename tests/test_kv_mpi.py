@@ -115,6 +115,10 @@ def test_bench_kv_runs_and_writes_json(tmp_path):
         assert r["servers"] == 2 and r["workers"] == 2 and r["vdim"] == 1
         assert r["keys_per_s"] > 0 and r["bytes_per_s"] > 0 and r["mpi_bytes_per_s"] > 0
     assert "kv/MPI" in proc.stdout and "interleaved rounds" in proc.stdout
+    for keys in (1000, 10000, 100000):  # every kind of list at every size, timed
+        kinds = {(r["op"], r["lists"]): r["reps"] for r in rows if r["keys"] == keys}
+        assert len(kinds) == 7 and kinds[("push", "repeated")] == 3, kinds
+        assert kinds[("pull", "fresh")] == kinds[("pull", "keyset")] == 3, kinds
 
 
 def test_bench_scale_fills_and_sweeps():

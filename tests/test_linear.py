@@ -78,6 +78,7 @@ def test_sparse_rows_products_match_dense_with_empty_rows(values):
     empty = make_batch(np.zeros(3, np.int64), np.empty(0, np.uint64), None,
                        np.array([0, 1]), bias=False)
     assert (empty.X @ np.zeros(0)).tolist() == [0.0, 0.0]
+    assert empty.X.rmatvec(np.ones(2)).dtype == np.float64
 
 
 @pytest.mark.parametrize("loss", ["logistic", "squared", "hinge"])

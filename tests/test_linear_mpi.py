@@ -108,6 +108,7 @@ def test_one_and_two_workers_agree(ctr, tmp_path):
     assert abs(one["logloss"] - two["logloss"]) < 0.01
 
 
+
 def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
     """Later epochs train on the minibatches localised in the first (kept in
     memory, [linear] cache_bytes), and every pass sends them as positions into
@@ -134,12 +135,33 @@ def test_cached_minibatches_train_the_same_weights(ctr, tmp_path):
     assert np.abs(w0).sum() > 0
     assert rounds[0] == rounds[1] == rounds[2] and len(rounds[0]) == 3, rounds
     partitions = len(json.loads((ctr / "train" / "manifest.json").read_text())["partitions"])
+    # registrations each server received, summed over servers: one server here
     registered = [f["server_keysets_registered"] for f in finals]
     assert registered == [3 * partitions, 0, partitions], registered
     assert [f["server_keysets_held"] for f in finals] == [0, 0, 0]
     # by key only without key sets; with them, every minibatch's pull and push
     by_position = [f["server_requests_by_position"] for f in finals]
     assert by_position[1] == 0 and by_position[0] == by_position[2] > 0, by_position
+
+
+def test_every_key_set_is_let_go_by_the_end(tmp_path_factory, tmp_path):
+    """Two workers, many partitions, five passes: a partition's last pass
+    often goes to the other worker than its first, and the worker that
+    registered its key set lets go of it at its end."""
+    base = tmp_path_factory.mktemp("parts")
+    proc = run_py("-m", "data_tools", "synth", "ctr", "--rows", "30000", "--fields", "8",
+                  "--vocab", "2000", "--seed", "5", "--rows-per-partition", "1500",
+                  "-o", str(base / "all"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_py("-m", "mpips.apps.linear.tools", "split", str(base / "all"),
+                  str(base / "train"), str(base / "test"), "--test-partitions", "2",
+                  timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(base),
+                "data.epochs=5", "data.minibatch=100", n=4)
+    final = metrics(out)[-1]
+    assert final["server_keysets_registered"] >= 18, final  # 18 partitions, each once
+    assert final["server_keysets_held"] == 0, final
 
 
 def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):
@@ -160,6 +182,7 @@ def test_the_job_says_where_each_workers_time_went(ctr, tmp_path):
     phases = final["worker_phases"]
     assert set(phases) == {*PHASES, "other"} and all(v >= 0 for v in phases.values())
     assert phases["gradient"] > 0 and phases["localise"] > 0 and phases["evaluate"] > 0
+    assert phases["read"] > 0  # a partition read whole before training counts too
     assert sum(phases.values()) == pytest.approx(final["worker_seconds"], rel=0.01)
     assert 0 < final["first_push_s"] < 120 and final["server_busy_s"] > 0
     assert final["server_busy_s"] <= final["server_serve_s"]

@@ -50,11 +50,13 @@ def _chunks(lo: int, hi: int, size: int):
         a = b
 
 
-def _as_wire(positions: np.ndarray, offset: int) -> np.ndarray:
-    """Key set positions less a part's offset, as the uint64 keys section."""
+def wire_positions(positions: np.ndarray, offset: int) -> np.ndarray:
+    """Key set positions less a part's offset, as the uint64 keys section
+    (int64 positions of a part at offset 0: a view, no pass)."""
     if positions.dtype != np.int64:
         wide = positions.astype(np.int64)
-        wide -= np.int64(offset)
+        if offset:
+            wide -= np.int64(offset)
         return wide.view(np.uint64)
     if offset == 0:
         return positions.view(np.uint64)
@@ -218,8 +220,11 @@ class KVWorker:
             if ks.table != self.table.name:
                 raise ValueError(f"key set of table {ks.table!r} used on table "
                                  f"{self.table.name!r}")
+            if not ks.registered:
+                raise ValueError(f"key set {ks.id} of table {ks.table!r} was forgotten: "
+                                 "register its keys again")
             if ks.ring_version != self.po.ring.version:
-                self._register(ks)  # first use, or the ring changed since
+                self._register(ks)  # the ring changed since it was registered
         else:
             keys = check_keys(keys)
         n = keys.size
@@ -279,9 +284,8 @@ class KVWorker:
             self._next_part += 1
             if by_position:
                 offsets = sub.keyset.offsets
-                # int64 (offsets are); a part that starts the set (the first
-                # server's, the only one's) goes as a view, without a pass
-                keys = [_as_wire(sub.positions[a:b], int(offsets[r])) for a, b, r in segs]
+                keys = [wire_positions(sub.positions[a:b], int(offsets[r]))
+                        for a, b, r in segs]
                 flags, keyset = pending.flags | FLAG_KEYS_CHECKED | FLAG_POSITIONS, \
                     sub.keyset.id
             else:

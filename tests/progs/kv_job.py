@@ -169,6 +169,15 @@ class CountsJob(App):
                 pass
             else:
                 raise AssertionError(f"keys {bad} were not rejected")
+        if sets is not None:  # a forgotten set is refused, not registered again
+            gone = rows.register(universe[:10])
+            rows.forget(gone)
+            try:
+                rows.pull(gone.subset(np.arange(3)))
+            except ValueError as e:
+                assert "forgotten" in str(e), e
+            else:
+                raise AssertionError("a forgotten key set was used")
         po.barrier(WORKERS)
         keys, counts = expected_counts(po.num_workers, seed)
         got = c.wait(c.pull(keys))[:, 0]

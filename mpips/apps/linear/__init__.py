@@ -3,8 +3,10 @@ servers hold weights and optimizer state.
 
 Training. A worker takes partitions from the scheduler's work queue
 (``po.next_task``), reads each in minibatches, localises their keys (sorted
-unique keys + local columns), pulls the weights of those keys, computes the
-gradient of the mean loss with sparse matrix products, and pushes it; the
+unique keys + local columns), registers the partition's key set with the
+servers (its minibatches then go as positions into it), pulls the weights of
+those keys, computes the gradient of the mean loss with sparse matrix
+products (numpy), and pushes it; the
 servers apply it with the table's update handle (SGD with a decaying rate,
 AdaGrad, FTRL-Proximal; L1 as a proximal step on the server, L2 in the
 gradient, or both inside FTRL). The next minibatch's weights are pulled before

@@ -63,7 +63,8 @@ section("linear", {
                      "[data] epochs)", positive),
     "cache_bytes": Option(int, 1 << 30, "bytes of localised minibatches (keys, local CSR, "
                           "labels) a worker keeps to train on again in later epochs "
-                          "instead of reading and localising them again; 0: none",
+                          "instead of reading and localising them again; 0: none (with "
+                          "key_sets the partition being trained on is held whole anyway)",
                           non_negative),
     "key_sets": Option(bool, True, "read each partition whole, register its key set with "
                        "the servers and send its minibatches as positions into it, so that "
@@ -485,7 +486,11 @@ def time_spent(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> 
             "server_requests_by_position": sum(s.get("requests_by_position", 0)
                                                for s in servers),
             "server_keysets_registered": sum(s.get("keysets_registered", 0) for s in servers),
-            "server_keysets_held": sum(s.get("keysets_held", 0) for s in servers)}
+            "server_keysets_held": sum(s.get("keysets_held", 0) for s in servers),
+            # keys looked up for key sets: once per registration, and again
+            # for a set whose store inserted keys since (another set's)
+            "server_keyset_keys_resolved": sum(s.get("keyset_keys_resolved", 0)
+                                               for s in servers)}
 
 
 def time_table(spent: dict[str, Any], examples: int, nonzeros: int) -> str:

@@ -88,7 +88,10 @@ class SparseRows:
     __slots__ = ("data", "indices", "indptr", "shape", "_counts", "_starts", "_filled")
 
     def __init__(self, data: np.ndarray | None, indices: np.ndarray, indptr: np.ndarray,
-                 shape: tuple[int, int]):
+                 shape: tuple[int, int]) -> None:
+        indptr = np.asarray(indptr)
+        if indptr.dtype.kind != "i":  # unsigned offsets: numpy's repeat and reduceat refuse them
+            indptr = indptr.astype(np.int64)
         self.data, self.indices, self.indptr = data, indices, indptr
         self.shape = (int(shape[0]), int(shape[1]))
         self._counts = np.diff(indptr)  # entries per row
@@ -124,7 +127,8 @@ class SparseRows:
         per_entry = np.repeat(r, self._counts)
         if self.data is not None:
             per_entry *= self.data
-        return np.bincount(self.indices, weights=per_entry, minlength=self.shape[1])
+        out = np.bincount(self.indices, weights=per_entry, minlength=self.shape[1])
+        return out.astype(np.float64, copy=False)  # bincount of nothing gives int zeros
 
     def toarray(self) -> np.ndarray:
         dense = np.zeros(self.shape)
@@ -144,7 +148,8 @@ class Batch:
     y: np.ndarray
     bias: int = -1
     # the keys as positions into their partition's registered key set (set
-    # once the partition is cached): what requests send in later epochs
+    # before the partition's first minibatch with [linear] key_sets): what
+    # its requests send
     by_position: KeySubset | None = None
 
     @property

@@ -1,6 +1,7 @@
 """The linear app's worker loop: partitions from the scheduler's queue, read
-in minibatches, the next minibatch's weights pulled while the current
-gradient is computed, at most ``max_inflight`` requests outstanding."""
+in minibatches (whole, with their key set registered, under ``[linear]
+key_sets``), the next minibatch's weights pulled while the current gradient
+is computed, at most ``max_inflight`` requests outstanding."""
 
 from __future__ import annotations
 
@@ -113,6 +114,10 @@ class LinearWorker:
             ev.reduce_ready_rounds(block=False)
             self.clock.seconds["evaluate"] += time.perf_counter() - t
         self._drain()
+        # sets of partitions whose last pass went to another worker
+        for ks in self.key_sets.values():
+            self.kv.forget(ks)
+        self.key_sets.clear()
         t = time.perf_counter()
         last = self.app.epochs - 1
         while epoch < last:  # epochs this worker had no part of at the end
