@@ -31,20 +31,25 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
 
 
+def planted_ctr(base: Path, rows: int, rows_per_partition: int, seed: int,
+                test_partitions: int, *synth_args: str) -> Path:
+    """A planted CTR set in ``base``: train and test folders."""
+    proc = run_py("-m", "data_tools", "synth", "ctr", "--rows", str(rows), "--fields", "8",
+                  "--vocab", "2000", "--seed", str(seed), "--rows-per-partition",
+                  str(rows_per_partition), *synth_args, "-o", str(base / "all"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_py("-m", "mpips.apps.linear.tools", "split", str(base / "all"),
+                  str(base / "train"), str(base / "test"), "--test-partitions",
+                  str(test_partitions), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return base
+
+
 @pytest.fixture(scope="module")
 def ctr(tmp_path_factory) -> Path:
     """A small planted CTR set cut into train (4 partitions) and test (1)."""
-    base = tmp_path_factory.mktemp("ctr")
-    proc = run_py("-m", "data_tools", "synth", "ctr", "--rows", "100000", "--fields", "8",
-                  "--vocab", "2000", "--seed", "3", "--rows-per-partition", "20000",
-                  "--weight-scale", "1.0", "--density", "0.3", "--bias", "-1.0",
-                  "-o", str(base / "all"), timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_py("-m", "mpips.apps.linear.tools", "split", str(base / "all"),
-                  str(base / "train"), str(base / "test"), "--test-partitions", "1",
-                  timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return base
+    return planted_ctr(tmp_path_factory.mktemp("ctr"), 100000, 20000, 3, 1,
+                       "--weight-scale", "1.0", "--density", "0.3", "--bias", "-1.0")
 
 
 def ctr_job(ctr: Path) -> list[str]:
@@ -148,15 +153,7 @@ def test_every_key_set_is_let_go_by_the_end(tmp_path_factory, tmp_path):
     """Two workers, many partitions, five passes: a partition's last pass
     often goes to the other worker than its first, and the worker that
     registered its key set lets go of it at its end."""
-    base = tmp_path_factory.mktemp("parts")
-    proc = run_py("-m", "data_tools", "synth", "ctr", "--rows", "30000", "--fields", "8",
-                  "--vocab", "2000", "--seed", "5", "--rows-per-partition", "1500",
-                  "-o", str(base / "all"), timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_py("-m", "mpips.apps.linear.tools", "split", str(base / "all"),
-                  str(base / "train"), str(base / "test"), "--test-partitions", "2",
-                  timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    base = planted_ctr(tmp_path_factory.mktemp("parts"), 30000, 1500, 5, 2)
     out = train(tmp_path, str(ROOT / "jobs" / "demo.toml"), *ctr_job(base),
                 "data.epochs=5", "data.minibatch=100", n=4)
     final = metrics(out)[-1]
