@@ -61,10 +61,42 @@ def test_translate_gives_the_slots_a_key_lookup_gives():
     resolved = sets.resolved_keys
     sets.translate(2, 0, 11, pos.view(np.uint64), stores)
     assert sets.resolved_keys == resolved  # nothing changed: no lookup
-    st.push(np.array([1], np.uint64), np.ones((1, 1), np.float32))  # an insert moves slots
+    # an insert into the store's delta moves the delta's slots only: the
+    # half of the range that registration inserted (there) is looked up again
+    st.push(np.array([1], np.uint64), np.ones((1, 1), np.float32))
     pieces, slots, _ = sets.translate(2, 0, 11, pos.view(np.uint64), stores)
-    assert sets.resolved_keys == resolved + cut  # only the changed range again
+    assert sets.resolved_keys == resolved + cut // 2  # and only the changed range
     assert np.array_equal(st.pull_at(slots[:a].copy()), st.pull(keys[pos[:a]]))
+    # a merge into the main run moves every slot: the whole range again
+    st.compact()
+    resolved = sets.resolved_keys
+    pieces, slots, _ = sets.translate(2, 0, 11, pos.view(np.uint64), stores)
+    assert sets.resolved_keys == resolved + cut
+    assert np.array_equal(st.pull_at(slots[:a].copy()), st.pull(keys[pos[:a]]))
+    every = np.arange(cut)  # every key of the range, not only pos's
+    _, slots, _ = sets.translate(2, 0, 11, every.view(np.uint64), stores)
+    assert np.array_equal(st.pull_at(slots.copy()), st.pull(keys[:cut]))
+
+
+def test_slots_stay_right_through_inserts_into_the_delta_and_merges():
+    """Other keys inserted between requests (small batches into the store's
+    delta, large ones merged into its main run): a set's slots are those a
+    lookup by key gives, every time."""
+    rng = np.random.default_rng(7)
+    universe = np.unique(rng.integers(1, 1 << 40, 60000).astype(np.uint64))
+    mine = np.sort(rng.choice(universe, 3000, replace=False))
+    others = np.setdiff1d(universe, mine)
+    st = store_of(np.sort(rng.choice(others, 5000, replace=False)))
+    sets = ServerKeySets()
+    sets.register(1, 0, 1, mine, np.array([0, mine.size]), np.array([0]))
+    stores = {(0, 0): st}
+    every = np.arange(mine.size)
+    for step in range(40):
+        batch = np.sort(rng.choice(others, 20 if step % 7 else 20000, replace=False))
+        st.push(batch, np.ones((batch.size, 1), np.float32))
+        _, slots, _ = sets.translate(1, 0, 1, every.view(np.uint64), stores)
+        assert np.array_equal(slots, st.locate(mine)[0]), step
+    assert sets.resolved_keys < 40 * mine.size  # not every set key each time
 
 
 def test_update_at_matches_pushpull_by_key():

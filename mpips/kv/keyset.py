@@ -111,8 +111,9 @@ class _Part:
     ranges: np.ndarray   # range of each piece, in key order
     bounds: np.ndarray   # piece j is keys[bounds[j]:bounds[j + 1]]
     slots: np.ndarray
-    # range -> (store, its version) the range's slots were resolved under
-    resolved: dict[int, tuple[Any, int]] = field(default_factory=dict)
+    # range -> (store, its version, its main run's version) the range's
+    # slots were resolved under
+    resolved: dict[int, tuple[Any, int, int]] = field(default_factory=dict)
 
 
 class KeySetError(ValueError):
@@ -159,6 +160,31 @@ class ServerKeySets:
         for key in [k for k in self._parts if k[0] == sender]:
             del self._parts[key]
 
+    def _resolve(self, part: _Part, j: int, r: int, store: Any,
+                 seen: tuple[Any, int, int] | None) -> None:
+        """The slots of piece ``j`` (range ``r``) of ``part`` under ``store``'s
+        current version. Where only the store's delta changed since they were
+        resolved (other sets' keys inserted there), the keys in its main run
+        kept their slots and only those in the delta are looked up again:
+        with many workers per server every registration would otherwise
+        make every other set look up all of its keys."""
+        lo, hi = int(part.bounds[j]), int(part.bounds[j + 1])
+        if seen is not None and seen[0] is store and seen[2] == store.main_version:
+            version = store.version
+            moved = lo + np.flatnonzero(part.slots[lo:hi] >= store.main_rows)
+            part.slots[moved] = store.resolve(part.keys[moved])
+            self.resolved_keys += moved.size
+            if store.version == version:  # all there: nothing was inserted
+                part.resolved[r] = (store, store.version, store.main_version)
+                return
+        if len(store) + (hi - lo) > SLOT_MAX:
+            raise KeySetError(f"range {r} holds over {SLOT_MAX} keys: too many "
+                              "for a key set's 32-bit slots")
+        part.slots[lo:hi] = store.resolve(part.keys[lo:hi])
+        # after: resolving may insert
+        part.resolved[r] = (store, store.version, store.main_version)
+        self.resolved_keys += hi - lo
+
     def translate(self, sender: int, table: int, ident: int, positions: np.ndarray,
                   stores: dict[tuple[int, int], Any]
                   ) -> tuple[list[tuple[int, int, int]], np.ndarray, Callable[[], np.ndarray]]:
@@ -191,13 +217,7 @@ class ServerKeySets:
                                   "owned by this server")
             seen = part.resolved.get(r)
             if seen is None or seen[0] is not store or seen[1] != store.version:
-                lo, hi = int(part.bounds[j]), int(part.bounds[j + 1])
-                if len(store) + (hi - lo) > SLOT_MAX:
-                    raise KeySetError(f"range {r} holds over {SLOT_MAX} keys: too many "
-                                      "for a key set's 32-bit slots")
-                part.slots[lo:hi] = store.resolve(part.keys[lo:hi])
-                part.resolved[r] = (store, store.version)  # after: resolving may insert
-                self.resolved_keys += hi - lo
+                self._resolve(part, j, r, store, seen)
             pieces.append((r, a, b))
         if self._scratch.size < pos.size:
             size = max(pos.size, 2 * self._scratch.size)

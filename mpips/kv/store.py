@@ -187,6 +187,9 @@ class SortedStore:
         self._main = 0    # rows of the main run: slots [0, main)
         self._delta = 0   # rows of the delta: slots [main, main + delta)
         self.version = 0  # bumped by every insert: cached slots are then stale
+        # bumped when the main run's rows move (a merge into it): until then
+        # an insert into the delta leaves every main-run slot where it was
+        self.main_version = 0
         self.compactions = 0
         # Slots of recent key lists, least recently used first. By requester
         # (a rank, or (rank, chunk): its last list, checked against the keys)
@@ -204,6 +207,12 @@ class SortedStore:
 
     def __len__(self) -> int:
         return self._main + self._delta
+
+    @property
+    def main_rows(self) -> int:
+        """Rows of the main run: slots below this stay put while
+        ``main_version`` does."""
+        return self._main
 
     # ---- whole-store views (compacted) ------------------------------------------
     @property
@@ -363,6 +372,7 @@ class SortedStore:
 
     # ---- lookup --------------------------------------------------------------
     def _main_changed(self) -> None:
+        self.main_version += 1
         self._index = None
         self._searched_since_change = 0
 
