@@ -12,7 +12,9 @@ from mpips.apps.linear.model import (
     BIAS_KEY,
     auc_exact,
     auc_from_histograms,
+    batch_bytes,
     gradient,
+    localised_bytes,
     loss_terms,
     make_batch,
     margin_bins,
@@ -58,6 +60,23 @@ def test_batch_matches_dense(bias, values):
     assert np.array_equal(batch.keys, uniq)
     assert np.allclose(batch.X.toarray(), D)
     assert (batch.bias >= 0) == bias and (not bias or batch.keys[batch.bias] == BIAS_KEY)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("values", [False, True])
+def test_a_partitions_localised_bytes_are_bounded_before_reading_it(bias, values):
+    """What decides whether a partition is read whole ([linear] key_sets)
+    bounds what its minibatches then take (a key set's positions included)."""
+    rng = np.random.default_rng(6)
+    indptr, keys, vals, labels = random_rows(rng, rows=200, features=1000, values=values)
+    total = 0
+    for a in range(0, 200, 50):  # minibatches of 50 rows
+        lo, hi = indptr[a], indptr[a + 50]
+        total += batch_bytes(make_batch(indptr[a:a + 51] - lo, keys[lo:hi],
+                                        None if vals is None else vals[lo:hi],
+                                        labels[a:a + 50], bias))
+    bound = localised_bytes(200, keys.size, values, bias)
+    assert total <= bound < 3 * total
 
 
 @pytest.mark.parametrize("values", [False, True])

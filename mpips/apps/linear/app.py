@@ -64,13 +64,14 @@ section("linear", {
     "cache_bytes": Option(int, 1 << 30, "bytes of localised minibatches (keys, local CSR, "
                           "labels) a worker keeps to train on again in later epochs "
                           "instead of reading and localising them again; 0: none (with "
-                          "key_sets the partition being trained on is held whole anyway)",
+                          "key_sets, the partition being trained on too, where it fits)",
                           non_negative),
-    "key_sets": Option(bool, True, "read each partition whole, register its key set with "
-                       "the servers and send its minibatches as positions into it, so that "
-                       "the servers insert and look up its keys once (they keep 12 bytes per "
-                       "key of each registered partition until its minibatches are no longer "
-                       "kept for a later pass)"),
+    "key_sets": Option(bool, True, "read each partition whose localised minibatches fit in "
+                       "cache_bytes whole, register its key set with the servers and send "
+                       "its minibatches as positions into it, so that the servers insert and "
+                       "look up its keys once (they keep 12 bytes per key of each registered "
+                       "partition until its minibatches are no longer kept for a later "
+                       "pass); a larger partition streams by key"),
     "max_inflight": Option(int, 2, "requests a worker keeps outstanding (pull ahead needs "
                            ">= 2)", positive),
     "report_interval": Option(float, 1.0, "seconds between worker progress reports",

@@ -190,6 +190,15 @@ def make_batch(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray | None,
     return Batch(uniq, X, y, at)
 
 
+def localised_bytes(rows: int, nnz: int, has_values: bool, bias: bool) -> int:
+    """At most what :func:`batch_bytes` sums over the minibatches of ``rows``
+    rows with ``nnz`` entries (every key distinct, the bias on every row)."""
+    entries = nnz + (rows if bias else 0)
+    # per entry: its column (4), value (8), key (8) and key-set position (4);
+    # per row: label, offset and length (8 each)
+    return entries * (16 + (8 if has_values else 0)) + rows * 24
+
+
 def batch_bytes(batch: Batch) -> int:
     """Memory a localised minibatch holds (with the positions of its keys
     in its partition's key set, which come later: 4 bytes a key)."""

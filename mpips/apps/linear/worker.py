@@ -18,7 +18,7 @@ from ...kv.worker import KVWorker
 from ...postoffice import WORKERS, Postoffice
 from ...startup import launched_at, mark
 from .evaluation import Evaluator
-from .model import Batch, BatchCache, batch_of, gradient
+from .model import Batch, BatchCache, batch_of, gradient, localised_bytes
 from .synthetic import Synthetic
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class LinearWorker:
         while task is not None:
             path = task["path"]
             batches = self.cache.get(path)
-            if self.lc.key_sets:
+            if self.lc.key_sets and (batches is not None or self._fits_whole(path)):
                 # The whole partition first, then its key set registered: the
                 # servers insert and look up its keys once, in one request,
                 # instead of a search and an insert per minibatch (costs one
@@ -186,6 +186,14 @@ class LinearWorker:
         chunk = max(mb_rows, self.app.cfg.data.chunk_rows // mb_rows * mb_rows)
         yield from self.cache.fill(path, self._localised(read_minibatches(
             [path], mb_rows, chunk, [info])), want=self.app.epochs > 1)
+
+    def _fits_whole(self, path: str) -> bool:
+        """Whether a partition's localised minibatches fit in ``cache_bytes``
+        (from its manifest entry): only then is it read whole to register
+        its key set; a larger one streams by key, in the memory of a chunk."""
+        info = next(p for p in self.app.train.partitions if p.path == path)
+        return localised_bytes(info.rows, info.nnz, info.has_values, self.lc.bias) \
+            <= self.lc.cache_bytes
 
     def _by_position(self, path: str, batches: list[Batch]) -> None:
         """Register the key set of a partition (the union of its minibatches'
