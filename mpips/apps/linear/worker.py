@@ -80,6 +80,8 @@ class LinearWorker:
         # and the test share ("test"), within [linear] cache_bytes
         self.cache = BatchCache(self.lc.cache_bytes)
         self.verified: set[str] = set()  # partitions checked against their SHA-256
+        # manifest entries by path: every task looks its partition up
+        self.partitions = {p.path: p for p in app.train.partitions} if app.train else {}
         self.key_sets: dict[str, KeySet] = {}  # partition path -> its registered key set
         self.synthetic = None
         if self.lc.data == "synthetic":
@@ -175,7 +177,7 @@ class LinearWorker:
         """The localised minibatches of one partition, kept for later epochs
         while ``[linear] cache_bytes`` allows (whole partitions only)."""
         from ...data.reader import PartitionError, read_minibatches
-        info = next(p for p in self.app.train.partitions if p.path == path)
+        info = self.partitions[path]
         if self.app.cfg.data.verify == "sha256" and path not in self.verified:
             from ...data.verify import check_partition
             problems = check_partition(path, info, self.app.train.raw.get("labels") == "binary")
@@ -191,7 +193,7 @@ class LinearWorker:
         """Whether a partition's localised minibatches fit in ``cache_bytes``
         (from its manifest entry): only then is it read whole to register
         its key set; a larger one streams by key, in the memory of a chunk."""
-        info = next(p for p in self.app.train.partitions if p.path == path)
+        info = self.partitions[path]
         return localised_bytes(info.rows, info.nnz, info.has_values, self.lc.bias) \
             <= self.lc.cache_bytes
 
